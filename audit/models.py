@@ -1,0 +1,95 @@
+"""The append-only audit event. Each row is MAC'd over every field and linked to
+the previous row of its chain (one chain per tenant, chain 0 for the platform)."""
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from portal.models import Tenant
+
+PLATFORM_CHAIN = 0
+GENESIS_HASH = "0" * 64
+
+
+class Outcome(models.TextChoices):
+    SUCCESS = "success", _("success")
+    FAILURE = "failure", _("failure")
+    DENIED = "denied", _("denied")
+
+
+class AuditEventImmutable(Exception):
+    """Audit events are never changed or deleted through the ORM."""
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AuditEventImmutable("audit events cannot be updated")
+
+    def delete(self):
+        raise AuditEventImmutable("audit events cannot be deleted")
+
+    def bulk_update(self, *args, **kwargs):
+        raise AuditEventImmutable("audit events cannot be updated")
+
+    def for_tenant(self, tenant):
+        if tenant is None:
+            return self.none()
+        return self.filter(tenant=tenant)
+
+
+class AuditEvent(models.Model):
+    chain = models.PositiveIntegerField(help_text="tenant id, or 0 for the platform chain")
+    seq = models.PositiveBigIntegerField()
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    occurred_at = models.DateTimeField()
+    action = models.CharField(max_length=64)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    user_id = models.BigIntegerField(null=True, blank=True)
+    username = models.CharField(max_length=150, blank=True)
+    auth_method = models.CharField(max_length=16, blank=True)
+    token_id = models.BigIntegerField(null=True, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+    session_digest = models.CharField(max_length=64, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    resource_type = models.CharField(max_length=64, blank=True)
+    resource_id = models.CharField(max_length=128, blank=True)
+    query = models.TextField(blank=True)
+    kb_id = models.BigIntegerField(null=True, blank=True)
+    kb_name = models.CharField(max_length=200, blank=True)
+    kb_lines = models.IntegerField(null=True, blank=True)
+    result_count = models.IntegerField(null=True, blank=True)
+    top_score = models.FloatField(null=True, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    model_id = models.CharField(max_length=200, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    key_id = models.CharField(max_length=32)
+    prev_hash = models.CharField(max_length=64)
+    mac = models.CharField(max_length=64)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["chain", "seq"], name="audit_chain_seq_unique")]
+        indexes = [
+            models.Index(fields=["tenant", "-occurred_at"], name="audit_tenant_time"),
+            models.Index(fields=["tenant", "action", "-occurred_at"], name="audit_tenant_action_time"),
+            models.Index(fields=["tenant", "user_id", "-occurred_at"], name="audit_tenant_user_time"),
+        ]
+        ordering = ["-occurred_at", "-id"]
+
+    def __str__(self):
+        return f"{self.chain}#{self.seq} {self.action} {self.outcome}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AuditEventImmutable("audit events cannot be changed")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AuditEventImmutable("audit events cannot be deleted")
+
+
+# The fields covered by the MAC, in the canonical serialisation. Every column
+# except the surrogate id and the MAC itself.
+MAC_FIELDS = tuple(
+    f.attname for f in AuditEvent._meta.concrete_fields if f.attname not in ("id", "mac")
+)

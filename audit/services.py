@@ -1,0 +1,121 @@
+"""Recording audit events: the one function every caller uses."""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import ipaddress
+import logging
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from audit.canonical import compute_mac
+from audit.models import GENESIS_HASH, MAC_FIELDS, PLATFORM_CHAIN, AuditEvent, Outcome
+from keystore.keys import derive_subkey, get_keyring, key_id
+
+logger = logging.getLogger(__name__)
+
+
+class AuditUnavailable(Exception):
+    """The audit log could not be written; the action it records must not happen."""
+
+
+def chain_of(tenant) -> int:
+    return tenant.pk if tenant is not None else PLATFORM_CHAIN
+
+
+@functools.lru_cache(maxsize=4)
+def _mac_key(audit_key: bytes) -> tuple[bytes, str]:
+    return audit_key, key_id(audit_key)
+
+
+@functools.lru_cache(maxsize=4)
+def _query_digest_key(audit_key: bytes) -> bytes:
+    return derive_subkey(audit_key, "query-digest")
+
+
+def stored_query(query: str) -> str:
+    """The query as AUDIT_QUERY_MODE says to keep it: full, truncate:N or hash."""
+    mode = settings.AUDIT_QUERY_MODE
+    if not query or mode == "full":
+        return query
+    if mode == "hash":
+        digest = hmac.new(_query_digest_key(get_keyring().audit_key), query.encode(), hashlib.sha256)
+        return "hmac-sha256:" + digest.hexdigest()
+    limit = int(mode.split(":", 1)[1])
+    return query if len(query) <= limit else query[:limit] + "…"
+
+
+def _normalise_ip(value):
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+def _lock_chain(chain: int) -> None:
+    """Serialise appends per chain. SQLite runs IMMEDIATE transactions (one
+    writer at a time); PostgreSQL takes a transaction-scoped advisory lock."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [0x61756474, chain])
+
+
+def record_event(*, action: str, outcome: str = Outcome.SUCCESS, tenant=None, user=None,
+                 context: dict | None = None, query: str = "", detail: dict | None = None,
+                 **fields) -> AuditEvent:
+    """Append one event to its tenant's chain (or the platform chain).
+
+    ``context`` carries the request facts (see ``audit.context``); ``fields``
+    are any other event columns (resource_type, kb_id, top_score, …).
+    Raises AuditUnavailable if the event could not be stored.
+    """
+    audit_key = get_keyring().audit_key
+    if audit_key is None:
+        raise AuditUnavailable("AUDIT_HMAC_KEY is not configured")
+    key, current_key_id = _mac_key(audit_key)
+    values = {name: None for name in MAC_FIELDS}
+    for name in ("username", "auth_method", "user_agent", "session_digest", "request_id",
+                 "resource_type", "resource_id", "kb_name", "model_id"):
+        values[name] = ""
+    values.update(context or {})
+    values.update(fields)
+    if user is not None and getattr(user, "is_authenticated", False):
+        values["user_id"] = user.pk
+        values["username"] = user.get_username()
+    values.update(
+        action=action,
+        outcome=str(outcome),
+        tenant_id=tenant.pk if tenant is not None else None,
+        chain=chain_of(tenant),
+        query=stored_query(query),
+        detail=detail or {},
+        key_id=current_key_id,
+        client_ip=_normalise_ip(values.get("client_ip")),
+        user_agent=(values.get("user_agent") or "")[:512],
+    )
+    for name in ("top_score", "latency_ms"):
+        if values[name] is not None:
+            values[name] = float(values[name])
+    unknown = set(values) - set(MAC_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown audit fields: {sorted(unknown)}")
+    try:
+        with transaction.atomic():
+            _lock_chain(values["chain"])
+            last = (AuditEvent.objects.filter(chain=values["chain"]).order_by("-seq")
+                    .values_list("seq", "mac").first())
+            now = dt.datetime.now(dt.timezone.utc)
+            values["occurred_at"] = now.replace(microsecond=now.microsecond // 1000 * 1000)
+            values["seq"] = last[0] + 1 if last else 1
+            values["prev_hash"] = last[1] if last else GENESIS_HASH
+            event = AuditEvent(**values, mac=compute_mac(key, values))
+            event.save(force_insert=True)
+    except Exception as exc:
+        logger.error("audit event %s could not be recorded: %s", action, exc.__class__.__name__)
+        raise AuditUnavailable(f"audit log unavailable ({exc.__class__.__name__})") from exc
+    return event

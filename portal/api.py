@@ -1,0 +1,50 @@
+"""Portal API: who am I, and my tokens."""
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from audit.context import request_context
+from portal import services
+from portal.models import ApiToken
+from portal.tenancy import acting_roles, get_scoped_or_404, has_capability, scoped
+
+
+class MeApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        username = serializers.CharField()
+        tenant = serializers.CharField(allow_null=True)
+        roles = serializers.ListField(child=serializers.CharField())
+
+    def get(self, request):
+        tenant = request._request.tenant
+        return Response(self.OutputSerializer({
+            "username": request.user.get_username(),
+            "tenant": tenant.slug if tenant else None,
+            "roles": sorted(acting_roles(request._request)),
+        }).data)
+
+
+def _visible_tokens(request):
+    tokens = scoped(ApiToken.objects.select_related("user"), request._request)
+    if not has_capability(request._request, "tokens.manage"):
+        tokens = tokens.filter(user=request.user)
+    return tokens
+
+
+class TokenListApi(APIView):
+    class OutputSerializer(serializers.ModelSerializer):
+        user = serializers.CharField(source="user.username")
+
+        class Meta:
+            model = ApiToken
+            fields = ["id", "user", "label", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at"]
+
+    def get(self, request):
+        return Response({"results": self.OutputSerializer(_visible_tokens(request), many=True).data})
+
+
+class TokenDetailApi(APIView):
+    def delete(self, request, token_id: int):
+        token = get_scoped_or_404(_visible_tokens(request), request._request, pk=token_id)
+        services.token_revoke(token=token, by_user=request.user, context=request_context(request._request))
+        return Response(status=204)

@@ -1,0 +1,31 @@
+from rest_framework import authentication, exceptions
+
+from portal.services import token_authenticate
+
+
+class BearerTokenAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer <token>``; the token's tenant becomes the acting tenant."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).split()
+        if not header or header[0].lower() != self.keyword.lower().encode():
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <token>'")
+        try:
+            text = header[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed("invalid token") from None
+        token, why = token_authenticate(text)
+        if token is None:
+            raise exceptions.AuthenticationFailed(why)
+        django_request = request._request
+        django_request.tenant = token.tenant
+        django_request.api_token = token
+        django_request._tenant_roles = None
+        return token.user, token
+
+    def authenticate_header(self, request):
+        return self.keyword

@@ -1,0 +1,80 @@
+"""Writes of the portal app: tenants, memberships, tokens. Each records its audit event."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import record_event
+from portal.models import ApiToken, Membership, Tenant
+
+TOKEN_PREFIX = "sp_"
+MAX_TOKEN_DAYS = 3650
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def tenant_create(*, slug: str, name: str) -> Tenant:
+    tenant, _ = Tenant.objects.get_or_create(slug=slug, defaults={"name": name})
+    return tenant
+
+
+def membership_grant(*, user, tenant: Tenant, role: str) -> Membership:
+    membership, _ = Membership.objects.get_or_create(user=user, tenant=tenant, role=role)
+    return membership
+
+
+def token_create(*, user, tenant: Tenant, days: int, label: str = "", context: dict | None = None
+                 ) -> tuple[ApiToken, str]:
+    """A new token for ``user`` in ``tenant``. Returns the row and the token text,
+    which exists nowhere else: only its digest is stored."""
+    if not Membership.objects.filter(user=user, tenant=tenant).exists():
+        raise ValueError(f"{user.get_username()} is not a member of {tenant.slug}")
+    if not 1 <= days <= MAX_TOKEN_DAYS:
+        raise ValueError(f"days must be between 1 and {MAX_TOKEN_DAYS}")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        row = ApiToken.objects.create(
+            tenant=tenant, user=user, label=label[:100], digest=token_digest(token),
+            prefix=token[:10], expires_at=timezone.now() + dt.timedelta(days=days),
+        )
+        record_event(action="token.create", tenant=tenant, user=user, context=context,
+                     resource_type="api_token", resource_id=str(row.pk),
+                     detail={"label": row.label, "expires_at": row.expires_at.isoformat(), "prefix": row.prefix})
+    return row, token
+
+
+def token_revoke(*, token: ApiToken, by_user, context: dict | None = None) -> ApiToken:
+    with transaction.atomic():
+        if token.revoked_at is None:
+            token.revoked_at = timezone.now()
+            token.save(update_fields=["revoked_at"])
+        record_event(action="token.revoke", tenant=token.tenant, user=by_user, context=context,
+                     resource_type="api_token", resource_id=str(token.pk),
+                     detail={"owner": token.user.get_username(), "prefix": token.prefix})
+    return token
+
+
+def token_authenticate(token_text: str) -> tuple[ApiToken | None, str]:
+    """The active token row for a presented token, or None and why not."""
+    row = (ApiToken.objects.select_related("user", "tenant")
+           .filter(digest=token_digest(token_text)).first())
+    if row is None:
+        return None, "invalid token"
+    if row.revoked_at is not None:
+        return None, "token revoked"
+    now = timezone.now()
+    if row.expires_at <= now:
+        return None, "token expired"
+    if not row.user.is_active or not Membership.objects.filter(user=row.user, tenant=row.tenant).exists():
+        return None, "token's user is no longer a member of its tenant"
+    if row.last_used_at is None or now - row.last_used_at > dt.timedelta(minutes=1):
+        # At most one write a minute per token: the hot path stays read-only.
+        ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
+        row.last_used_at = now
+    return row, ""

@@ -1,0 +1,96 @@
+"""Who acts for which tenant, with which roles, and the one scoped lookup that
+every view and API uses. Deny by default: no tenant → nothing; another
+tenant's object → 404."""
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.http import Http404
+
+from portal.models import Membership, Role, Tenant
+
+SESSION_TENANT_KEY = "portal_tenant_id"
+
+# What each role may do. Everything not listed here is denied.
+CAPABILITIES: dict[str, frozenset[str]] = {
+    "search": frozenset({Role.SEARCHER, Role.CURATOR, Role.ADMIN}),
+    "kb.read": frozenset({Role.SEARCHER, Role.CURATOR, Role.ADMIN}),
+    "kb.manage": frozenset({Role.CURATOR, Role.ADMIN}),
+    "audit.review": frozenset({Role.COMPLIANCE}),
+    "tokens.own": frozenset({Role.SEARCHER, Role.CURATOR, Role.COMPLIANCE, Role.ADMIN}),
+    "tokens.manage": frozenset({Role.ADMIN}),
+}
+
+
+def tenants_of(user) -> list[Tenant]:
+    if not getattr(user, "is_authenticated", False):
+        return []
+    return list(Tenant.objects.filter(memberships__user=user).distinct().order_by("slug"))
+
+
+def roles_in(user, tenant: Tenant | None) -> frozenset[str]:
+    if tenant is None or not getattr(user, "is_authenticated", False):
+        return frozenset()
+    return frozenset(Membership.objects.filter(user=user, tenant=tenant).values_list("role", flat=True))
+
+
+def session_tenant(request) -> Tenant | None:
+    """The tenant chosen in the session, if the user still belongs to it; else their first."""
+    user = getattr(request, "user", None)
+    if not getattr(user, "is_authenticated", False):
+        return None
+    session = getattr(request, "session", None)
+    chosen = session.get(SESSION_TENANT_KEY) if session is not None else None
+    memberships = Membership.objects.filter(user=user).select_related("tenant").order_by("tenant__slug")
+    if chosen is not None:
+        for membership in memberships:
+            if membership.tenant_id == chosen:
+                return membership.tenant
+    first = memberships.first()
+    return first.tenant if first else None
+
+
+def choose_tenant(request, tenant: Tenant) -> None:
+    if tenant not in tenants_of(request.user):
+        raise Http404
+    request.session[SESSION_TENANT_KEY] = tenant.pk
+    request.tenant = tenant
+    request.__dict__.pop("tenant_roles", None)
+
+
+def acting_roles(request) -> frozenset[str]:
+    cached = getattr(request, "_tenant_roles", None)
+    if cached is None or cached[0] != getattr(request.tenant, "pk", None):
+        cached = (getattr(request.tenant, "pk", None), roles_in(request.user, request.tenant))
+        request._tenant_roles = cached
+    return cached[1]
+
+
+def has_capability(request, capability: str) -> bool:
+    return bool(acting_roles(request) & CAPABILITIES[capability])
+
+
+def require_capability(request, capability: str, *, hide: bool = False) -> None:
+    """403 when the acting roles lack the capability; 404 with hide=True, where
+    even the existence of the feature should not show."""
+    if not has_capability(request, capability):
+        raise Http404 if hide else PermissionDenied
+
+
+def scoped(model_or_queryset, request) -> models.QuerySet:
+    """Rows of the acting tenant only; nothing without one."""
+    queryset = (
+        model_or_queryset._default_manager.all()
+        if isinstance(model_or_queryset, type) else model_or_queryset
+    )
+    tenant = getattr(request, "tenant", None)
+    if tenant is None:
+        return queryset.none()
+    return queryset.filter(tenant=tenant)
+
+
+def get_scoped_or_404(model_or_queryset, request, **lookup):
+    try:
+        return scoped(model_or_queryset, request).get(**lookup)
+    except (models.ObjectDoesNotExist, ValueError, TypeError):
+        raise Http404 from None

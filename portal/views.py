@@ -1,0 +1,89 @@
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.http import JsonResponse
+from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_POST
+
+from audit.context import request_context
+from portal import services
+from portal.forms import LoginForm, TokenCreateForm
+from portal.models import ApiToken, Tenant
+from portal.readiness import readiness
+from portal.tenancy import choose_tenant, get_scoped_or_404, has_capability, scoped, tenants_of
+
+
+class LoginView(auth_views.LoginView):
+    form_class = LoginForm
+    redirect_authenticated_user = True
+
+    def form_valid(self, form):
+        slug = form.cleaned_data.get("tenant")
+        response = super().form_valid(form)
+        if slug:
+            tenant = next((t for t in tenants_of(self.request.user) if t.slug == slug), None)
+            if tenant is None:
+                messages.warning(self.request, _("You are not a member of that organisation; using your first one."))
+            else:
+                choose_tenant(self.request, tenant)
+        return response
+
+
+@login_required
+@require_POST
+def tenant_switch(request):
+    tenant = next((t for t in tenants_of(request.user) if t.slug == request.POST.get("tenant")), None)
+    if tenant is None:
+        messages.error(request, _("You are not a member of that organisation."))
+    else:
+        choose_tenant(request, tenant)
+    return redirect(request.POST.get("next") or "/")
+
+
+def _visible_tokens(request):
+    tokens = scoped(ApiToken.objects.select_related("user"), request)
+    if not has_capability(request, "tokens.manage"):
+        tokens = tokens.filter(user=request.user)
+    return tokens
+
+
+@login_required
+def tokens_page(request):
+    new_token = None
+    form = TokenCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        if request.tenant is None:
+            messages.error(request, _("You are not a member of any organisation."))
+        else:
+            row, new_token = services.token_create(
+                user=request.user, tenant=request.tenant, days=form.cleaned_data["days"],
+                label=form.cleaned_data["label"], context=request_context(request))
+            form = TokenCreateForm()
+    return render(request, "portal/tokens.html", {
+        "form": form, "new_token": new_token, "tokens": _visible_tokens(request),
+    }, status=400 if request.method == "POST" and form.errors else 200)
+
+
+@login_required
+@require_POST
+def token_revoke(request, token_id: int):
+    token = get_scoped_or_404(_visible_tokens(request), request, pk=token_id)
+    services.token_revoke(token=token, by_user=request.user, context=request_context(request))
+    messages.success(request, _("Token %(prefix)s… revoked.") % {"prefix": token.prefix})
+    return redirect("tokens")
+
+
+@require_GET
+def healthz(request):
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+def readyz(request):
+    checks = readiness()
+    ready = all(ok for ok, _ in checks.values())
+    body = {"status": "ready" if ready else "not ready"}
+    if request.user.is_authenticated and request.user.is_staff:
+        body["checks"] = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in checks.items()}
+    return JsonResponse(body, status=200 if ready else 503)

@@ -1,0 +1,196 @@
+"""The audit chain: every field MAC'd, linked per tenant, append-only at three depths."""
+import threading
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import DatabaseError, connection, connections
+
+from audit.canonical import compute_mac
+from audit.models import GENESIS_HASH, MAC_FIELDS, AuditEvent, AuditEventImmutable
+from audit.services import record_event
+from audit.verify import verify_chain
+from keystore.keys import get_keyring
+
+
+@pytest.fixture
+def chain_events(tenants, make_user):
+    user = make_user("alice", tenants["acme"], "searcher")
+    events = [
+        record_event(action="search.completed", tenant=tenants["acme"], user=user,
+                     query=f"question {i}", kb_id=1, kb_name="FAQ", kb_lines=60, result_count=3,
+                     top_score=0.5 + i / 100, latency_ms=3.25, model_id="minilm",
+                     context={"client_ip": "10.0.0.1", "user_agent": "pytest", "request_id": f"r{i}"})
+        for i in range(5)
+    ]
+    record_event(action="auth.login", tenant=tenants["globex"])
+    return events
+
+
+def drop_triggers():
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER IF EXISTS audit_event_no_update")
+        cursor.execute("DROP TRIGGER IF EXISTS audit_event_no_delete")
+
+
+def run_verify(*args):
+    """audit_verify's exit status and output."""
+    from io import StringIO
+
+    out = StringIO()
+    try:
+        call_command("audit_verify", *args, stdout=out)
+        return 0, out.getvalue()
+    except CommandError as exc:
+        return exc.returncode, out.getvalue()
+
+
+def test_events_link_per_tenant_and_verify(chain_events, tenants):
+    assert [e.seq for e in chain_events] == [1, 2, 3, 4, 5]
+    assert chain_events[0].prev_hash == GENESIS_HASH
+    assert all(b.prev_hash == a.mac for a, b in zip(chain_events, chain_events[1:]))
+    globex = AuditEvent.objects.get(tenant=tenants["globex"])
+    assert globex.seq == 1 and globex.prev_hash == GENESIS_HASH
+    assert run_verify()[0] == 0
+
+
+def test_platform_chain_holds_events_without_tenant(db):
+    first = record_event(action="model.open")
+    second = record_event(action="model.open")
+    assert (first.chain, first.seq, second.seq) == (0, 1, 2)
+    assert verify_chain(0).ok
+
+
+def test_mac_covers_every_field(chain_events):
+    event = chain_events[0]
+    fields = {name: getattr(event, name) for name in MAC_FIELDS}
+    key = get_keyring().audit_key
+    assert compute_mac(key, fields) == event.mac
+    for name in MAC_FIELDS:
+        changed = dict(fields)
+        changed[name] = "x" if not isinstance(fields[name], str) or fields[name] != "x" else "y"
+        assert compute_mac(key, changed) != event.mac, f"{name} is not covered by the MAC"
+    assert event.key_id == get_keyring().audit_key_id
+
+
+@pytest.mark.parametrize("column,value", [
+    ("query", "'something else'"), ("username", "'mallory'"), ("top_score", "0.99"),
+    ("latency_ms", "1"), ("client_ip", "'10.9.9.9'"), ("occurred_at", "'2020-01-01 00:00:00'"),
+    ("outcome", "'failure'"), ("action", "'search.failed'"), ("detail", "'{\"a\": 1}'"),
+    ("request_id", "'forged'"), ("kb_lines", "61"), ("tenant_id", "NULL"),
+])
+def test_verify_detects_a_field_changed_by_raw_sql(chain_events, column, value):
+    drop_triggers()
+    target = chain_events[2]
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE audit_auditevent SET {column} = {value} WHERE id = %s", [target.pk])
+    code, out = run_verify()
+    assert code == 1
+    assert f"seq {target.seq} (event id {target.pk})" in out
+
+
+def test_verify_detects_a_deleted_event(chain_events):
+    drop_triggers()
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM audit_auditevent WHERE id = %s", [chain_events[1].pk])
+    code, out = run_verify("--tenant", "acme")
+    assert code == 1
+    assert "missing (deleted)" in out and "seq 3" in out
+
+
+def test_verify_detects_a_forged_event_appended(chain_events, tenants):
+    last = chain_events[-1]
+    forged = {name: getattr(last, name) for name in MAC_FIELDS}
+    forged.update(seq=last.seq + 1, prev_hash=last.mac, query="forged")
+    AuditEvent.objects.create(**forged, mac=compute_mac(b"\x01" * 32, forged))
+    code, out = run_verify()
+    assert code == 1 and "MAC does not match" in out and f"seq {last.seq + 1}" in out
+
+
+def test_verify_detects_a_forged_event_inserted_midway(chain_events):
+    drop_triggers()
+    with connection.cursor() as cursor:
+        # Make room at seq 3 by shifting the tail, then put a forged event there.
+        for event in reversed(chain_events[2:]):
+            cursor.execute("UPDATE audit_auditevent SET seq = seq + 1 WHERE id = %s", [event.pk])
+    forged = {name: getattr(chain_events[1], name) for name in MAC_FIELDS}
+    forged.update(seq=3, prev_hash=chain_events[1].mac, query="inserted")
+    AuditEvent.objects.create(**forged, mac="0" * 64)
+    code, out = run_verify()
+    assert code == 1 and "seq 3" in out
+
+
+def test_verify_detects_two_events_swapped(chain_events):
+    drop_triggers()
+    a, b = chain_events[1], chain_events[2]
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE audit_auditevent SET seq = 999999 WHERE id = %s", [a.pk])
+        cursor.execute("UPDATE audit_auditevent SET seq = %s WHERE id = %s", [a.seq, b.pk])
+        cursor.execute("UPDATE audit_auditevent SET seq = %s WHERE id = %s", [b.seq, a.pk])
+    code, out = run_verify()
+    assert code == 1 and f"seq {a.seq}" in out
+
+
+def test_database_triggers_refuse_update_and_delete(chain_events):
+    with pytest.raises(DatabaseError, match="append-only"):
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE audit_auditevent SET query = 'x' WHERE id = %s", [chain_events[0].pk])
+    with pytest.raises(DatabaseError, match="append-only"):
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM audit_auditevent WHERE id = %s", [chain_events[0].pk])
+    assert run_verify()[0] == 0
+
+
+def test_orm_refuses_update_and_delete(chain_events):
+    event = chain_events[0]
+    event.query = "changed"
+    with pytest.raises(AuditEventImmutable):
+        event.save()
+    with pytest.raises(AuditEventImmutable):
+        event.delete()
+    with pytest.raises(AuditEventImmutable):
+        AuditEvent.objects.filter(pk=event.pk).update(query="changed")
+    with pytest.raises(AuditEventImmutable):
+        AuditEvent.objects.filter(pk=event.pk).delete()
+    assert AuditEvent.objects.get(pk=event.pk).query == "question 0"
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("full", "where is the VPN guide"),
+    ("truncate:5", "where…"),
+])
+def test_query_mode_controls_what_is_stored(db, settings, mode, expected):
+    settings.AUDIT_QUERY_MODE = mode
+    assert record_event(action="search.submitted", query="where is the VPN guide").query == expected
+
+
+def test_query_mode_hash_stores_a_keyed_digest(db, settings):
+    settings.AUDIT_QUERY_MODE = "hash"
+    event = record_event(action="search.submitted", query="where is the VPN guide")
+    assert event.query.startswith("hmac-sha256:") and "VPN" not in event.query
+    assert record_event(action="search.submitted", query="where is the VPN guide").query == event.query
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_appends_never_share_a_predecessor(tenants):
+    errors = []
+
+    def append_many():
+        try:
+            for _ in range(200):
+                record_event(action="search.completed", tenant=tenants["acme"])
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=append_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    seqs = list(AuditEvent.objects.filter(tenant=tenants["acme"]).order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, 1601))
+    report = verify_chain(tenants["acme"].pk)
+    assert report.ok and report.events == 1600
