@@ -43,7 +43,13 @@ run: serve-setup
 	PORTAL_BIND=$(BIND) $(VENV)/bin/gunicorn -c portal/gunicorn.conf.py portal.wsgi
 
 # Fresh random keys for every test run: no key is ever fixed in the repo.
+# The whole suite runs on SQLite, then the database-specific parts again on
+# a throwaway PostgreSQL + pgvector server.
+TEST_ENV = PORTAL_DOTENV= \
+	EMBED_MODEL_KEY=$$($(PY) -c 'import secrets; print(secrets.token_hex(32))') \
+	AUDIT_HMAC_KEY=$$($(PY) -c 'import secrets; print(secrets.token_hex(32))')
+POSTGRES_TESTS ?= tests/audit tests/portal
+
 test: $(VENV)/.installed-dev
-	PORTAL_DOTENV= EMBED_MODEL_KEY=$$($(PY) -c 'import secrets; print(secrets.token_hex(32))') \
-	AUDIT_HMAC_KEY=$$($(PY) -c 'import secrets; print(secrets.token_hex(32))') \
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) tests/run_on_postgres.py $(POSTGRES_TESTS) $(PYTEST_ARGS)

@@ -36,7 +36,7 @@ STATEMENTS = {"sqlite": (SQLITE_CREATE, SQLITE_DROP), "postgresql": (POSTGRES_CR
 def _run(schema_editor, which):
     create, drop = STATEMENTS[schema_editor.connection.vendor]
     for statement in (create if which == "create" else drop):
-        schema_editor.execute(statement)
+        schema_editor.execute(statement, params=None)
 
 
 def create_triggers(apps, schema_editor):
