@@ -186,6 +186,12 @@ TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
 API_TOKEN_DEFAULT_DAYS = env.int("API_TOKEN_DEFAULT_DAYS", default=90)
 del _KEYRING
 
+# --- audit review, checkpoints, exports, retention, SIEM mirror ---------------
+# (end of audit block)
+
+# --- search: knowledge bases, limits, throttles ------------------------------
+# (end of search block)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
