@@ -27,6 +27,15 @@ def _title(status_code: int) -> str:
         return "Error"
 
 
+class Problem(exceptions.APIException):
+    """An API error with a status, a message a person understands, and extra members."""
+
+    def __init__(self, status_code: int, detail: str, **extra):
+        super().__init__(detail)
+        self.status_code = status_code
+        self.extra = extra
+
+
 def problem_exception_handler(exc, context):
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
@@ -34,7 +43,7 @@ def problem_exception_handler(exc, context):
     if response is None:
         return None
     detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
-    extra = {}
+    extra = dict(getattr(exc, "extra", {}))
     request = context.get("request")
     if request is not None and getattr(request._request, "request_id", None):
         extra["request_id"] = request._request.request_id

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "axes",
     "portal",
     "audit",
@@ -173,6 +174,10 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Sealed semantic search portal API",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The docs page's assets come from this machine, never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- product settings (SPEC §3) ---------------------------------------------
@@ -187,9 +192,32 @@ API_TOKEN_DEFAULT_DAYS = env.int("API_TOKEN_DEFAULT_DAYS", default=90)
 del _KEYRING
 
 # --- audit review, checkpoints, exports, retention, SIEM mirror ---------------
+# A signed checkpoint of a chain every N events (seq % N == 0), and at the next
+# append once a worker has written none for M minutes (0 turns either off).
+AUDIT_CHECKPOINT_EVERY_EVENTS = env.int("AUDIT_CHECKPOINT_EVERY_EVENTS", default=1000)
+AUDIT_CHECKPOINT_EVERY_MINUTES = env.int("AUDIT_CHECKPOINT_EVERY_MINUTES", default=60)
+# Where audit_archive writes its signed archives before removing events.
+AUDIT_ARCHIVE_DIR = env.str("AUDIT_ARCHIVE_DIR", default=str(BASE_DIR / "var" / "audit-archive"))
+# Longest lifetime of a presigned export URL.
+AUDIT_PRESIGN_MAX_SECONDS = env.int("AUDIT_PRESIGN_MAX_SECONDS", default=24 * 3600)
+# The admin's change list counts at most this far ahead instead of the whole table.
+AUDIT_ADMIN_COUNT_AHEAD_PAGES = 10
 # (end of audit block)
 
 # --- search: knowledge bases, limits, throttles ------------------------------
+SEARCH_MAX_QUERY_CHARS = env.int("SEARCH_MAX_QUERY_CHARS", default=2000)
+SEARCH_MAX_TOP_K = env.int("SEARCH_MAX_TOP_K", default=50)
+RADAR_MAX_LINES = env.int("RADAR_MAX_LINES", default=2000)
+KB_MAX_UPLOAD_BYTES = env.int("KB_MAX_UPLOAD_BYTES", default=8 * 1024 * 1024)
+KB_MAX_IMPORT_ENTRIES = env.int("KB_MAX_IMPORT_ENTRIES", default=200_000)
+KB_MAX_DOCUMENT_CHARS = env.int("KB_MAX_DOCUMENT_CHARS", default=8000)
+KB_IMPORT_BATCH = env.int("KB_IMPORT_BATCH", default=64)
+EMBEDDINGS_MAX_INPUTS = env.int("EMBEDDINGS_MAX_INPUTS", default=256)
+# Per token (API) and per user (session); counted in the shared cache.
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["search.throttles.TokenOrUserRateThrottle"]
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"token_or_user": env.str("API_THROTTLE_RATE", default="1200/min")}
+# Uploads may be larger than ordinary request bodies.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(DATA_UPLOAD_MAX_MEMORY_SIZE, KB_MAX_UPLOAD_BYTES + 1024 * 1024)
 # (end of search block)
 
 LOGGING = {

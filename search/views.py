@@ -1,7 +1,157 @@
+"""Web pages for search, radar and knowledge bases. Thin: forms in, a service
+call, a template out."""
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+from django.core.paginator import Paginator
+from django.http import JsonResponse
+from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from audit.context import request_context
+from audit.services import AuditUnavailable
+from portal.api_errors import problem
+from portal.tenancy import has_capability, require_capability
+from search import selectors, services
+from search.engine import EngineError
+from search.forms import KbCreateForm, RadarForm, SearchForm, UploadForm
+from search.parsing import ImportFileError, detect_format, parse_entries
+
+
+def _failure_message(exc) -> tuple[int, str]:
+    """Status and message for a failure a person should see on the page."""
+    if isinstance(exc, services.LimitExceeded):
+        return 413, str(exc)
+    if isinstance(exc, (services.SearchInputError, ImportFileError)):
+        return 400, str(exc)
+    if isinstance(exc, services.ModelMismatch):
+        return 409, str(exc)
+    if isinstance(exc, AuditUnavailable):
+        return 503, _("The audit log cannot be written, so the search was refused. Try again later.")
+    if isinstance(exc, EngineError):
+        return 503, _("The search model is not available right now. Try again in a minute.")
+    raise exc
 
 
 @login_required
 def home(request):
-    return render(request, "search/home.html")
+    if not has_capability(request, "search"):
+        return render(request, "search/no_search.html")
+    kbs = list(selectors.kb_list(request))
+    form = SearchForm(request.POST or None, kbs=kbs, initial={"kb": kbs[0].pk if kbs else None})
+    result, error, status = None, None, 200
+    if request.method == "POST":
+        if form.is_valid():
+            kb = selectors.kb_get(request, form.cleaned_data["kb"])
+            try:
+                result = services.search_kb(kb=kb, query=form.cleaned_data["query"],
+                                            top_k=form.cleaned_data["top_k"], user=request.user,
+                                            context=request_context(request))
+            except Exception as exc:
+                status, error = _failure_message(exc)
+        else:
+            status = 400
+    return render(request, "search/home.html",
+                  {"form": form, "kbs": kbs, "result": result, "error": error}, status=status)
+
+
+@login_required
+def radar(request):
+    require_capability(request, "search")
+    form = RadarForm(request.POST or None)
+    result, error, status = None, None, 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                result = services.radar_search(
+                    tenant=request.tenant, documents=form.cleaned_data["documents"].splitlines(),
+                    query=form.cleaned_data["query"], top_k=form.cleaned_data["top_k"], user=request.user,
+                    context=request_context(request))
+            except Exception as exc:
+                status, error = _failure_message(exc)
+        else:
+            status = 400
+    return render(request, "search/radar.html", {"form": form, "result": result, "error": error,
+                                                 "max_lines": settings.RADAR_MAX_LINES}, status=status)
+
+
+@login_required
+def kb_list_page(request):
+    require_capability(request, "kb.read")
+    form = KbCreateForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        require_capability(request, "kb.manage")
+        if form.is_valid():
+            try:
+                kb = services.kb_create(tenant=request.tenant, name=form.cleaned_data["name"],
+                                        description=form.cleaned_data["description"], user=request.user,
+                                        context=request_context(request))
+            except services.SearchInputError as exc:
+                form.add_error("name", str(exc))
+            else:
+                messages.success(request, _("Knowledge base “%(name)s” created. Upload a file to fill it.")
+                                 % {"name": kb.name})
+                return redirect("kb-detail", kb_id=kb.pk)
+        status = 400
+    return render(request, "search/kb_list.html", {"kbs": selectors.kb_list(request), "form": form},
+                  status=status)
+
+
+@login_required
+def kb_detail_page(request, kb_id: int):
+    require_capability(request, "kb.read")
+    kb = selectors.kb_get(request, kb_id)
+    page = Paginator(selectors.document_list(request, kb), 50).get_page(request.GET.get("page"))
+    return render(request, "search/kb_detail.html", {
+        "kb": kb, "page": page, "upload_form": UploadForm(),
+        "max_upload_mb": settings.KB_MAX_UPLOAD_BYTES // (1024 * 1024),
+    })
+
+
+@login_required
+@require_POST
+def kb_upload(request, kb_id: int):
+    """Multipart upload; answers JSON (the page shows progress with XHR)."""
+    require_capability(request, "kb.manage")
+    kb = selectors.kb_get(request, kb_id)
+    upload = request.FILES.get("file")
+    try:
+        if upload is None:
+            raise services.SearchInputError(_("Choose a file to upload."))
+        if upload.size > settings.KB_MAX_UPLOAD_BYTES:
+            raise services.LimitExceeded("KB_MAX_UPLOAD_BYTES", _("The file is %(size)d bytes; the limit is %(limit)d.")
+                                         % {"size": upload.size, "limit": settings.KB_MAX_UPLOAD_BYTES})
+        entries = parse_entries(upload.read(), detect_format(upload.name),
+                                max_entries=settings.KB_MAX_IMPORT_ENTRIES,
+                                max_chars=settings.KB_MAX_DOCUMENT_CHARS)
+        result = services.documents_import(kb=kb, entries=entries, user=request.user,
+                                           context=request_context(request), source=upload.name)
+    except Exception as exc:
+        status, message = _failure_message(exc)
+        return JsonResponse(problem(status, message), status=status, content_type="application/problem+json")
+    return JsonResponse({"added": result.added, "skipped_duplicates": result.skipped,
+                         "message": _("%(added)d entries added, %(skipped)d duplicates skipped.")
+                         % {"added": result.added, "skipped": result.skipped}})
+
+
+@login_required
+@require_POST
+def kb_delete(request, kb_id: int):
+    require_capability(request, "kb.manage")
+    kb = selectors.kb_get(request, kb_id)
+    services.kb_delete(kb=kb, user=request.user, context=request_context(request))
+    messages.success(request, _("Knowledge base “%(name)s” deleted.") % {"name": kb.name})
+    return redirect("kb-list")
+
+
+@login_required
+@require_POST
+def document_delete(request, kb_id: int, doc_id: int):
+    require_capability(request, "kb.manage")
+    kb = selectors.kb_get(request, kb_id)
+    document = selectors.document_get(request, kb, doc_id)
+    services.document_delete(document=document, user=request.user, context=request_context(request))
+    messages.success(request, _("Entry deleted."))
+    return redirect("kb-detail", kb_id=kb.pk)

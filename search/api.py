@@ -1,0 +1,274 @@
+"""The search REST API. One class per operation; each resolves the acting
+tenant's objects through the scoped selectors and calls a service."""
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.exceptions import ParseError
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from audit.context import request_context
+from audit.services import AuditUnavailable
+from portal.api_errors import Problem
+from portal.tenancy import require_capability
+from search import selectors, services
+from search.engine import EngineError, EngineUnavailable
+from search.models import KnowledgeBase
+from search.parsing import Entry
+
+
+class StrictCharField(serializers.CharField):
+    """A string, not a number DRF would quietly turn into one."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class TenantApiView(APIView):
+    """Base of every search API view: a capability per method (deny unless
+    listed), domain errors as problem+json."""
+
+    capabilities: dict[str, str] = {}
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        capability = self.capabilities.get(request.method)
+        if capability is None:
+            self.http_method_not_allowed(request)
+        require_capability(request._request, capability, hide=True)
+
+    def handle_exception(self, exc):
+        return super().handle_exception(_as_problem(exc))
+
+    @property
+    def tenant(self):
+        return self.request._request.tenant
+
+    def context(self) -> dict:
+        return request_context(self.request._request)
+
+    def validated(self, serializer_class):
+        if not isinstance(self.request.data, dict):
+            raise ParseError("the request body must be a JSON object")
+        serializer = serializer_class(data=self.request.data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+
+def _as_problem(exc):
+    if isinstance(exc, services.LimitExceeded):
+        return Problem(413 if exc.limit != "SEARCH_MAX_TOP_K" else 400, str(exc), limit=exc.limit)
+    if isinstance(exc, services.SearchInputError):
+        return Problem(400, str(exc))
+    if isinstance(exc, services.ModelMismatch):
+        return Problem(409, str(exc))
+    if isinstance(exc, AuditUnavailable):
+        return Problem(503, "The audit log cannot be written, so the request was refused. Try again later.")
+    if isinstance(exc, EngineUnavailable):
+        return Problem(503, "The embedding model is not open in this worker yet.")
+    if isinstance(exc, EngineError):
+        return Problem(503, "The embedding model is unavailable.")
+    return exc
+
+
+def kb_from_reference(request, reference) -> KnowledgeBase:
+    """A knowledge base of the acting tenant by id or by name; 404 otherwise."""
+    lookup = {"pk": reference} if isinstance(reference, int) else {"name": reference}
+    kb = selectors.kb_list(request).filter(**lookup).first()
+    if kb is None:
+        raise Problem(404, f"knowledge base {reference!r} not found")
+    return kb
+
+
+class ResultSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    text = serializers.CharField()
+    score = serializers.FloatField()
+
+
+class SearchOutputSerializer(serializers.Serializer):
+    results = ResultSerializer(many=True)
+    latency_ms = serializers.FloatField()
+    request_id = serializers.CharField()
+    model = serializers.CharField()
+    query_truncated = serializers.BooleanField()
+
+
+def search_response(request, result: services.SearchResult) -> Response:
+    return Response(SearchOutputSerializer({
+        "results": [{"id": h.id, "text": h.text, "score": round(h.score, 6)} for h in result.hits],
+        "latency_ms": round(result.latency_ms, 3),
+        "request_id": request._request.request_id,
+        "model": result.model_id,
+        "query_truncated": result.query_truncated,
+    }).data)
+
+
+class SearchApi(TenantApiView):
+    capabilities = {"POST": "search"}
+
+    class InputSerializer(serializers.Serializer):
+        kb = serializers.JSONField(help_text="knowledge base id (integer) or name")
+        query = StrictCharField(allow_blank=True, trim_whitespace=False)
+        top_k = StrictIntegerField(required=False, default=5)
+
+    @extend_schema(request=InputSerializer, responses=SearchOutputSerializer)
+    def post(self, request):
+        data = self.validated(self.InputSerializer)
+        if not isinstance(data["kb"], (int, str)) or isinstance(data["kb"], bool):
+            raise Problem(400, "kb must be a knowledge base id or name")
+        kb = kb_from_reference(request._request, data["kb"])
+        result = services.search_kb(kb=kb, query=data["query"], top_k=data["top_k"], user=request.user,
+                                    context=self.context())
+        return search_response(request, result)
+
+
+class RadarApi(TenantApiView):
+    capabilities = {"POST": "search"}
+
+    class InputSerializer(serializers.Serializer):
+        documents = serializers.ListField(child=StrictCharField(allow_blank=True, trim_whitespace=False))
+        query = StrictCharField(allow_blank=True, trim_whitespace=False)
+        top_k = StrictIntegerField(required=False, default=5)
+
+    @extend_schema(request=InputSerializer, responses=SearchOutputSerializer)
+    def post(self, request):
+        data = self.validated(self.InputSerializer)
+        result = services.radar_search(tenant=self.tenant, documents=data["documents"], query=data["query"],
+                                       top_k=data["top_k"], user=request.user, context=self.context())
+        return search_response(request, result)
+
+
+class KbOutputSerializer(serializers.ModelSerializer):
+    line_count = serializers.IntegerField(read_only=True, default=None)
+
+    class Meta:
+        model = KnowledgeBase
+        fields = ["id", "name", "description", "model_id", "dimensions", "line_count", "created_at"]
+
+
+class KbListApi(TenantApiView):
+    capabilities = {"GET": "kb.read", "POST": "kb.manage"}
+
+    class InputSerializer(serializers.Serializer):
+        name = StrictCharField(max_length=200)
+        description = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
+
+    @extend_schema(responses=KbOutputSerializer(many=True))
+    def get(self, request):
+        return Response({"results": KbOutputSerializer(selectors.kb_list(request._request), many=True).data})
+
+    @extend_schema(request=InputSerializer, responses={201: KbOutputSerializer})
+    def post(self, request):
+        data = self.validated(self.InputSerializer)
+        kb = services.kb_create(tenant=self.tenant, name=data["name"], description=data["description"],
+                                user=request.user, context=self.context())
+        return Response(KbOutputSerializer(kb).data, status=201)
+
+
+class KbDetailApi(TenantApiView):
+    capabilities = {"GET": "kb.read", "DELETE": "kb.manage"}
+
+    @extend_schema(responses=KbOutputSerializer)
+    def get(self, request, kb_id: int):
+        return Response(KbOutputSerializer(kb_from_reference(request._request, kb_id)).data)
+
+    def delete(self, request, kb_id: int):
+        services.kb_delete(kb=kb_from_reference(request._request, kb_id), user=request.user,
+                           context=self.context())
+        return Response(status=204)
+
+
+class DocumentOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    text = serializers.CharField()
+    source_line = serializers.IntegerField(allow_null=True)
+    digest = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class DocumentListApi(TenantApiView):
+    capabilities = {"GET": "kb.read", "POST": "kb.manage"}
+
+    class InputSerializer(serializers.Serializer):
+        documents = serializers.ListField(child=serializers.JSONField(), allow_empty=False,
+                                          help_text='strings, or objects {"text": ...}')
+
+    @extend_schema(responses=DocumentOutputSerializer(many=True))
+    def get(self, request, kb_id: int):
+        kb = kb_from_reference(request._request, kb_id)
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(selectors.document_list(request._request, kb), request, view=self)
+        return paginator.get_paginated_response(DocumentOutputSerializer(page, many=True).data)
+
+    @extend_schema(request=InputSerializer)
+    def post(self, request, kb_id: int):
+        kb = kb_from_reference(request._request, kb_id)
+        data = self.validated(self.InputSerializer)
+        entries = []
+        for n, item in enumerate(data["documents"], 1):
+            text = item.get("text") if isinstance(item, dict) else item
+            if not isinstance(text, str):
+                raise Problem(400, f'documents[{n - 1}] must be a string or an object with a "text" string')
+            entries.append(Entry(n, text.strip()))
+        result = services.documents_import(kb=kb, entries=entries, user=request.user, context=self.context(),
+                                           source="api")
+        return Response({"added": result.added, "skipped_duplicates": result.skipped,
+                         "truncated": result.truncated, "kb": kb.pk}, status=201)
+
+
+class DocumentDetailApi(TenantApiView):
+    capabilities = {"DELETE": "kb.manage"}
+
+    def delete(self, request, kb_id: int, doc_id: int):
+        kb = kb_from_reference(request._request, kb_id)
+        document = selectors.document_get(request._request, kb, doc_id)
+        services.document_delete(document=document, user=request.user, context=self.context())
+        return Response(status=204)
+
+
+class EmbeddingsApi(TenantApiView):
+    """OpenAI-compatible: POST /v1/embeddings."""
+
+    capabilities = {"POST": "search"}
+
+    class InputSerializer(serializers.Serializer):
+        input = serializers.JSONField(help_text="a string or a list of strings")
+        model = serializers.CharField(required=False, allow_blank=True)
+        dimensions = StrictIntegerField(required=False, allow_null=True, default=None)
+        encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, default="float")
+        user = serializers.CharField(required=False, allow_blank=True)
+
+    @extend_schema(request=InputSerializer)
+    def post(self, request):
+        data = self.validated(self.InputSerializer)
+        result, engine = services.embeddings_create(tenant=self.tenant, inputs=data["input"],
+                                                    dimensions=data["dimensions"], user=request.user,
+                                                    context=self.context())
+        items = []
+        for index, vector in enumerate(result.vectors):
+            if data["encoding_format"] == "base64":
+                encoded = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+            else:
+                encoded = [float(x) for x in vector]
+            items.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(result.token_counts)
+        body = {"object": "list", "data": items, "model": engine.model_id,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        if any(result.truncated):
+            body["truncated"] = [i for i, cut in enumerate(result.truncated) if cut]
+        return Response(body)

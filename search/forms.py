@@ -1,0 +1,30 @@
+from django import forms
+from django.conf import settings
+from django.utils.translation import gettext_lazy as _
+
+TOP_K_CHOICES = [(k, str(k)) for k in (1, 3, 5, 10, 20)]
+
+
+class SearchForm(forms.Form):
+    kb = forms.TypedChoiceField(coerce=int, label=_("Knowledge base"))
+    query = forms.CharField(label=_("Question"), max_length=settings.SEARCH_MAX_QUERY_CHARS, strip=True)
+    top_k = forms.TypedChoiceField(coerce=int, choices=TOP_K_CHOICES, initial=5, label=_("Results"))
+
+    def __init__(self, *args, kbs=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["kb"].choices = [(kb.pk, kb.name) for kb in kbs]
+
+
+class RadarForm(forms.Form):
+    documents = forms.CharField(label=_("Lines to search (one per line)"), widget=forms.Textarea, strip=True)
+    query = forms.CharField(label=_("Question"), max_length=settings.SEARCH_MAX_QUERY_CHARS, strip=True)
+    top_k = forms.TypedChoiceField(coerce=int, choices=TOP_K_CHOICES, initial=5, label=_("Results"))
+
+
+class KbCreateForm(forms.Form):
+    name = forms.CharField(max_length=200, label=_("Name"))
+    description = forms.CharField(max_length=500, required=False, label=_("Description"))
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(label=_("File (.txt one entry a line, .csv or .jsonl)"))

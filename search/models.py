@@ -1,0 +1,48 @@
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from portal.models import Tenant, TenantScopedQuerySet
+
+
+class KnowledgeBase(models.Model):
+    """A tenant's collection of documents, embedded with one model at one size."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="knowledge_bases")
+    name = models.CharField(max_length=200)
+    description = models.CharField(max_length=500, blank=True)
+    model_id = models.CharField(max_length=200, blank=True, help_text="set by the first import; never mixed")
+    dimensions = models.PositiveIntegerField(null=True, blank=True)
+    version = models.PositiveBigIntegerField(default=0, help_text="bumped on every change; invalidates caches")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="kb_name_unique_in_tenant")]
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Document(models.Model):
+    """One entry of a knowledge base, with its embedding computed once at import."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="documents")
+    text = models.TextField()
+    source_line = models.PositiveIntegerField(null=True, blank=True, help_text="line or record number in the import")
+    digest = models.CharField(max_length=64, help_text="SHA-256 of the text; duplicates are skipped")
+    embedding = models.BinaryField(help_text="float32 little-endian, L2-normalised")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["knowledge_base", "digest"], name="doc_digest_unique_in_kb")]
+        ordering = ["id"]
+
+    def __str__(self):
+        return self.text[:60]

@@ -1,0 +1,93 @@
+"""Turning an uploaded file into entries: text (one entry a line), CSV or JSONL."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+
+FORMATS = ("txt", "csv", "jsonl")
+
+
+class ImportFileError(ValueError):
+    """The file cannot be imported; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    line: int
+    text: str
+
+
+def detect_format(filename: str) -> str:
+    name = filename.lower()
+    for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".csv", "csv"), (".txt", "txt"), (".text", "txt")):
+        if name.endswith(ext):
+            return fmt
+    raise ImportFileError(f"unsupported file type {filename!r}: use .txt (one entry a line), .csv or .jsonl")
+
+
+def decode_utf8(data: bytes) -> str:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ImportFileError(f"the file is not UTF-8 text (invalid byte at line {line}); "
+                              "save it as UTF-8 and try again") from None
+    if "\x00" in text:
+        raise ImportFileError("the file contains NUL bytes: it looks binary, not text")
+    return text
+
+
+def parse_entries(data: bytes, fmt: str, *, max_entries: int, max_chars: int) -> list[Entry]:
+    text = decode_utf8(data)
+    if fmt == "txt":
+        entries = [Entry(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    elif fmt == "csv":
+        entries = _csv_entries(text)
+    elif fmt == "jsonl":
+        entries = _jsonl_entries(text)
+    else:
+        raise ImportFileError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if not entries:
+        raise ImportFileError("the file holds no entries")
+    if len(entries) > max_entries:
+        raise ImportFileError(f"the file holds {len(entries)} entries; the limit is {max_entries} per import")
+    for entry in entries:
+        if len(entry.text) > max_chars:
+            raise ImportFileError(f"entry at line {entry.line} is {len(entry.text)} characters; "
+                                  f"the limit is {max_chars}")
+    return entries
+
+
+def _csv_entries(text: str) -> list[Entry]:
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise ImportFileError(f"the CSV file is malformed: {exc}") from None
+    if not rows:
+        return []
+    header = [h.strip().lower() for h in rows[0]]
+    column, start = (header.index("text"), 1) if "text" in header else (0, 0)
+    entries = []
+    for n, row in enumerate(rows[start:], start + 1):
+        if len(row) > column and row[column].strip():
+            entries.append(Entry(n, row[column].strip()))
+    return entries
+
+
+def _jsonl_entries(text: str) -> list[Entry]:
+    entries = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ImportFileError(f"line {n} is not valid JSON ({exc.msg})") from None
+        if isinstance(value, dict):
+            value = value.get("text")
+        if not isinstance(value, str) or not value.strip():
+            raise ImportFileError(f'line {n} must be a string or an object with a non-empty "text" string')
+        entries.append(Entry(n, value.strip()))
+    return entries

@@ -1,0 +1,289 @@
+"""Writes and searches of the search app. Every one records its audit events;
+a search whose audit record cannot be written is refused (no result without a
+record)."""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from audit.models import Outcome
+from audit.services import record_event
+from search.engine import get_engine
+from search.index import Hit, best_rows, kb_indexes
+from search.models import Document, KnowledgeBase
+from search.parsing import Entry
+
+
+class SearchInputError(ValueError):
+    """Bad input a person can fix; the message says what."""
+
+
+class LimitExceeded(SearchInputError):
+    def __init__(self, limit: str, message: str):
+        super().__init__(message)
+        self.limit = limit
+
+
+class ModelMismatch(Exception):
+    """The knowledge base was built with another model than the one served."""
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    latency_ms: float
+    model_id: str
+    line_count: int
+    query_truncated: bool = False
+
+
+@dataclass
+class ImportResult:
+    added: int
+    skipped: int
+    truncated: int = 0
+    skipped_lines: list[int] = field(default_factory=list)
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_query(query) -> str:
+    if not isinstance(query, str):
+        raise SearchInputError("query must be a string")
+    query = query.strip()
+    if not query:
+        raise SearchInputError("query is empty")
+    if len(query) > settings.SEARCH_MAX_QUERY_CHARS:
+        raise LimitExceeded("SEARCH_MAX_QUERY_CHARS",
+                            f"query is {len(query)} characters; the limit is {settings.SEARCH_MAX_QUERY_CHARS}")
+    return query
+
+
+def check_top_k(top_k_value) -> int:
+    if isinstance(top_k_value, bool) or not isinstance(top_k_value, int):
+        raise SearchInputError("top_k must be an integer")
+    if not 1 <= top_k_value <= settings.SEARCH_MAX_TOP_K:
+        raise LimitExceeded("SEARCH_MAX_TOP_K", f"top_k must be between 1 and {settings.SEARCH_MAX_TOP_K}")
+    return top_k_value
+
+
+# --- knowledge bases and documents ---------------------------------------------------
+
+
+def kb_create(*, tenant, name: str, description: str = "", user, context: dict | None = None) -> KnowledgeBase:
+    name = (name or "").strip()
+    if not name:
+        raise SearchInputError("name is empty")
+    if len(name) > 200:
+        raise LimitExceeded("name", "name is longer than 200 characters")
+    try:
+        with transaction.atomic():
+            kb = KnowledgeBase.objects.create(tenant=tenant, name=name, description=description[:500],
+                                              created_by=user)
+            record_event(action="kb.create", tenant=tenant, user=user, context=context,
+                         resource_type="knowledge_base", resource_id=str(kb.pk), kb_id=kb.pk, kb_name=kb.name)
+    except IntegrityError:
+        raise SearchInputError(f"a knowledge base named {name!r} already exists") from None
+    return kb
+
+
+def kb_delete(*, kb: KnowledgeBase, user, context: dict | None = None) -> None:
+    with transaction.atomic():
+        lines = kb.documents.count()
+        record_event(action="kb.delete", tenant=kb.tenant, user=user, context=context,
+                     resource_type="knowledge_base", resource_id=str(kb.pk), kb_id=kb.pk, kb_name=kb.name,
+                     kb_lines=lines)
+        kb_id = kb.pk
+        kb.delete()
+    kb_indexes.forget(kb_id)
+
+
+def documents_import(*, kb: KnowledgeBase, entries: list[Entry], user, context: dict | None = None,
+                     source: str = "", progress=None) -> ImportResult:
+    """Embed new entries in batches, then store them all in one transaction.
+
+    Duplicates (same text already in the knowledge base or earlier in the
+    file) are skipped. Nothing is written unless every entry embedded.
+    """
+    if not entries:
+        raise SearchInputError("no entries to import")
+    if len(entries) > settings.KB_MAX_IMPORT_ENTRIES:
+        raise LimitExceeded("KB_MAX_IMPORT_ENTRIES",
+                            f"{len(entries)} entries; the limit is {settings.KB_MAX_IMPORT_ENTRIES} per import")
+    for entry in entries:
+        if not entry.text.strip():
+            raise SearchInputError(f"entry {entry.line} is empty")
+        if len(entry.text) > settings.KB_MAX_DOCUMENT_CHARS:
+            raise LimitExceeded("KB_MAX_DOCUMENT_CHARS", f"entry {entry.line} is {len(entry.text)} characters; "
+                                f"the limit is {settings.KB_MAX_DOCUMENT_CHARS}")
+    engine = get_engine()
+    if kb.model_id and kb.model_id != engine.model_id:
+        raise ModelMismatch(f"knowledge base {kb.name!r} was built with {kb.model_id}; "
+                            f"the portal serves {engine.model_id}")
+    existing = set(kb.documents.values_list("digest", flat=True))
+    fresh, skipped_lines = [], []
+    for entry in entries:
+        digest = text_digest(entry.text)
+        if digest in existing:
+            skipped_lines.append(entry.line)
+            continue
+        existing.add(digest)
+        fresh.append((entry, digest))
+    vectors, truncated = [], 0
+    batch = settings.KB_IMPORT_BATCH
+    for start in range(0, len(fresh), batch):
+        chunk = fresh[start:start + batch]
+        result = engine.embed([entry.text for entry, _ in chunk], kind="document")
+        vectors.append(result.vectors)
+        truncated += sum(result.truncated)
+        if progress:
+            progress(min(start + batch, len(fresh)), len(fresh))
+    matrix = np.concatenate(vectors) if vectors else np.empty((0, engine.dimensions), np.float32)
+    with transaction.atomic():
+        locked = KnowledgeBase.objects.select_for_update().get(pk=kb.pk)
+        if locked.model_id and locked.model_id != engine.model_id:
+            raise ModelMismatch(f"knowledge base {kb.name!r} was built with {locked.model_id}")
+        Document.objects.bulk_create([
+            Document(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk, text=entry.text, source_line=entry.line,
+                     digest=digest, embedding=matrix[i].astype("<f4").tobytes())
+            for i, (entry, digest) in enumerate(fresh)
+        ], batch_size=1000)
+        KnowledgeBase.objects.filter(pk=kb.pk).update(
+            model_id=engine.model_id, dimensions=engine.dimensions, version=F("version") + 1)
+        record_event(action="doc.import", tenant=kb.tenant, user=user, context=context,
+                     resource_type="knowledge_base", resource_id=str(kb.pk), kb_id=kb.pk, kb_name=kb.name,
+                     kb_lines=len(existing), model_id=engine.model_id,
+                     detail={"added": len(fresh), "skipped_duplicates": len(skipped_lines),
+                             "truncated": truncated, "source": source[:200]})
+    kb.refresh_from_db()
+    return ImportResult(added=len(fresh), skipped=len(skipped_lines), truncated=truncated,
+                        skipped_lines=skipped_lines[:100])
+
+
+def document_delete(*, document: Document, user, context: dict | None = None) -> None:
+    kb = document.knowledge_base
+    with transaction.atomic():
+        record_event(action="doc.delete", tenant=kb.tenant, user=user, context=context,
+                     resource_type="document", resource_id=str(document.pk), kb_id=kb.pk, kb_name=kb.name,
+                     detail={"digest": document.digest, "source_line": document.source_line})
+        document.delete()
+        KnowledgeBase.objects.filter(pk=kb.pk).update(version=F("version") + 1)
+
+
+# --- searching ------------------------------------------------------------------------
+
+
+def _search_fields(result: SearchResult) -> dict:
+    return {
+        "result_count": len(result.hits),
+        "top_score": result.hits[0].score if result.hits else None,
+        "latency_ms": round(result.latency_ms, 3),
+        "model_id": result.model_id,
+    }
+
+
+def search_kb(*, kb: KnowledgeBase, query: str, top_k: int, user, context: dict | None = None) -> SearchResult:
+    """Top-k documents of ``kb`` for ``query``: audit first, model second."""
+    started = time.perf_counter()
+    query, top_k = check_query(query), check_top_k(top_k)
+    engine = get_engine()
+    if kb.model_id and kb.model_id != engine.model_id:
+        raise ModelMismatch(f"knowledge base {kb.name!r} was built with {kb.model_id}; "
+                            f"the portal serves {engine.model_id}")
+    line_count = len(kb_indexes.get(kb))
+    common = dict(tenant=kb.tenant, user=user, context=context, query=query, kb_id=kb.pk, kb_name=kb.name,
+                  kb_lines=line_count, resource_type="knowledge_base", resource_id=str(kb.pk),
+                  model_id=engine.model_id)
+    record_event(action="search.submitted", **common)
+    try:
+        embedded = engine.embed([query], kind="query")
+        hits, line_count = kb_indexes.search(kb, embedded.vectors[0], top_k)
+    except Exception as exc:
+        record_event(action="search.failed", outcome=Outcome.FAILURE, **common,
+                     latency_ms=(time.perf_counter() - started) * 1e3, detail={"error": exc.__class__.__name__})
+        raise
+    result = SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, line_count,
+                          embedded.truncated[0])
+    record_event(action="search.completed", **{**common, **_search_fields(result)},
+                 detail={"query_truncated": True} if result.query_truncated else None)
+    return result
+
+
+def radar_search(*, tenant, documents: list, query: str, top_k: int, user, context: dict | None = None
+                 ) -> SearchResult:
+    """Search lines given with the request; nothing about them is stored but the audit record."""
+    started = time.perf_counter()
+    query, top_k = check_query(query), check_top_k(top_k)
+    if not isinstance(documents, list) or not all(isinstance(d, str) for d in documents):
+        raise SearchInputError("documents must be a list of strings")
+    lines = [d.strip() for d in documents if d.strip()]
+    if not lines:
+        raise SearchInputError("documents is empty: give at least one non-empty line")
+    if len(lines) > settings.RADAR_MAX_LINES:
+        raise LimitExceeded("RADAR_MAX_LINES", f"{len(lines)} lines; the limit is {settings.RADAR_MAX_LINES}")
+    longest = max(len(line) for line in lines)
+    if longest > settings.KB_MAX_DOCUMENT_CHARS:
+        raise LimitExceeded("KB_MAX_DOCUMENT_CHARS",
+                            f"a line is {longest} characters; the limit is {settings.KB_MAX_DOCUMENT_CHARS}")
+    engine = get_engine()
+    common = dict(tenant=tenant, user=user, context=context, query=query, kb_lines=len(lines),
+                  resource_type="radar", model_id=engine.model_id)
+    record_event(action="radar.submitted", **common)
+    try:
+        docs = engine.embed(lines, kind="document")
+        embedded = engine.embed([query], kind="query")
+        order, scores = best_rows(docs.vectors, embedded.vectors[0], top_k)
+    except Exception as exc:
+        record_event(action="radar.failed", outcome=Outcome.FAILURE, **common,
+                     latency_ms=(time.perf_counter() - started) * 1e3, detail={"error": exc.__class__.__name__})
+        raise
+    hits = [Hit(int(i) + 1, lines[i], float(s), int(i) + 1) for i, s in zip(order, scores)]
+    result = SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, len(lines),
+                          embedded.truncated[0])
+    record_event(action="radar.completed", **{**common, **_search_fields(result)})
+    return result
+
+
+def embeddings_create(*, tenant, inputs, dimensions: int | None, user, context: dict | None = None):
+    """Vectors for the OpenAI-compatible route; the inputs themselves are not stored."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs:
+        raise SearchInputError("input must be a non-empty string or a non-empty list of strings")
+    if not all(isinstance(i, str) for i in inputs):
+        raise SearchInputError("input must be strings; token arrays are not supported")
+    if any(not i.strip() for i in inputs):
+        raise SearchInputError("input holds an empty string")
+    if len(inputs) > settings.EMBEDDINGS_MAX_INPUTS:
+        raise LimitExceeded("EMBEDDINGS_MAX_INPUTS",
+                            f"{len(inputs)} inputs; the limit is {settings.EMBEDDINGS_MAX_INPUTS} per request")
+    longest = max(len(i) for i in inputs)
+    if longest > settings.KB_MAX_DOCUMENT_CHARS:
+        raise LimitExceeded("KB_MAX_DOCUMENT_CHARS",
+                            f"an input is {longest} characters; the limit is {settings.KB_MAX_DOCUMENT_CHARS}")
+    engine = get_engine()
+    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
+                                   or not 1 <= dimensions <= engine.dimensions):
+        raise SearchInputError(f"dimensions must be an integer from 1 to {engine.dimensions}")
+    started = time.perf_counter()
+    common = dict(tenant=tenant, user=user, context=context, resource_type="embeddings",
+                  model_id=engine.model_id, kb_lines=len(inputs))
+    try:
+        result = engine.embed(inputs, kind="document", dimensions=dimensions)
+    except Exception as exc:
+        record_event(action="embeddings.create", outcome=Outcome.FAILURE, **common,
+                     detail={"inputs": len(inputs), "error": exc.__class__.__name__})
+        raise
+    record_event(action="embeddings.create", **common, result_count=len(inputs),
+                 latency_ms=round((time.perf_counter() - started) * 1e3, 3),
+                 detail={"inputs": len(inputs), "tokens": sum(result.token_counts),
+                         "dimensions": dimensions or engine.dimensions, "truncated": sum(result.truncated)})
+    return result, engine

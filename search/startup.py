@@ -1,0 +1,57 @@
+"""Opening the configured model in a worker, and the demo knowledge base."""
+import logging
+from pathlib import Path
+
+from django.conf import settings
+
+from audit.context import command_context
+from audit.models import Outcome
+from audit.services import record_event
+from keystore.keys import get_keyring
+from search.engine import EngineError, open_engine
+
+logger = logging.getLogger(__name__)
+DEMO_KB_NAME = "IT help desk FAQ"
+DEMO_KB_FILE = Path(__file__).resolve().parent / "demo_data" / "faq-kb.txt"
+
+
+def open_configured_engine() -> None:
+    """Called in each gunicorn worker after fork. Fails closed: on any error the
+    worker serves no search (readyz says not ready) and the failure is audited."""
+    import os
+
+    context = {"auth_method": "system", "user_agent": f"worker pid {os.getpid()}"}
+    keyring = get_keyring()
+    try:
+        engine = open_engine(settings.EMBED_MODEL_PATH, keyring.model_key, settings.EMBED_DEVICE)
+    except (EngineError, OSError, ValueError) as exc:
+        logger.error("embedding model not opened: %s", exc)
+        record_event(action="model.open", outcome=Outcome.FAILURE, context=context,
+                     resource_type="model_bundle", resource_id=Path(settings.EMBED_MODEL_PATH).name,
+                     detail={"error": str(exc)[:500], "key_id": keyring.model_key_id})
+        return
+    record_event(action="model.open", context=context, model_id=engine.model_id,
+                 resource_type="model_bundle", resource_id=Path(settings.EMBED_MODEL_PATH).name,
+                 detail={"key_id": engine.key_id, "device": engine.device, "dimensions": engine.dimensions})
+
+
+def demo_knowledge_base(tenants) -> list[str]:
+    """The demo FAQ in acme, embedded with the served model (opened here if needed)."""
+    from search.engine import get_engine, EngineUnavailable
+    from search.models import KnowledgeBase
+    from search.parsing import parse_entries
+    from search.services import documents_import, kb_create
+
+    acme = tenants["acme"]
+    if KnowledgeBase.objects.filter(tenant=acme, name=DEMO_KB_NAME).exists():
+        return []
+    try:
+        get_engine()
+    except EngineUnavailable:
+        open_engine(settings.EMBED_MODEL_PATH, get_keyring().model_key, "cpu")
+    context = command_context("demo_setup")
+    kb = kb_create(tenant=acme, name=DEMO_KB_NAME, description="60 questions staff ask the IT desk",
+                   user=None, context=context)
+    entries = parse_entries(DEMO_KB_FILE.read_bytes(), "txt", max_entries=10_000, max_chars=10_000)
+    result = documents_import(kb=kb, entries=entries, user=None, context=context, source=DEMO_KB_FILE.name)
+    return [f"created knowledge base {DEMO_KB_NAME!r} in acme with {result.added} entries"]

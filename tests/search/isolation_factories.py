@@ -1,0 +1,23 @@
+"""Objects of another tenant for the URLconf-walking isolation test
+(tests/portal/test_tenant_isolation.py)."""
+import numpy as np
+
+from search.models import Document, KnowledgeBase
+
+
+def make_kb(tenant, owner):
+    return KnowledgeBase.objects.create(tenant=tenant, name=f"secret kb of {tenant.slug}", model_id="m", dimensions=4,
+                                        created_by=owner)
+
+
+def make_document(tenant, owner):
+    kb = make_kb(tenant, owner)
+    return Document.objects.create(tenant=tenant, knowledge_base=kb, text=f"secret text of {tenant.slug}",
+                                   source_line=1, digest="d" * 64,
+                                   embedding=np.ones(4, dtype="<f4").tobytes())
+
+
+FACTORIES = {
+    "kb_id": (make_kb, lambda kb: KnowledgeBase.objects.filter(pk=kb.pk, name=kb.name).exists()),
+    "doc_id": (make_document, lambda doc: Document.objects.filter(pk=doc.pk, text=doc.text).exists()),
+}
