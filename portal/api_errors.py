@@ -1,4 +1,6 @@
 """API errors as RFC 9457 problem details (application/problem+json)."""
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -39,6 +41,9 @@ class Problem(exceptions.APIException):
 def problem_exception_handler(exc, context):
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
+    elif isinstance(exc, RequestDataTooBig):
+        exc = Problem(413, f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+                      limit="DATA_UPLOAD_MAX_MEMORY_SIZE")
     response = exception_handler(exc, context)
     if response is None:
         return None

@@ -193,6 +193,11 @@ class KbDetailApi(TenantApiView):
         return Response(status=204)
 
 
+class DocumentPagination(LimitOffsetPagination):
+    default_limit = 100
+    max_limit = 1000
+
+
 class DocumentOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     text = serializers.CharField()
@@ -211,7 +216,7 @@ class DocumentListApi(TenantApiView):
     @extend_schema(responses=DocumentOutputSerializer(many=True))
     def get(self, request, kb_id: int):
         kb = kb_from_reference(request._request, kb_id)
-        paginator = LimitOffsetPagination()
+        paginator = DocumentPagination()
         page = paginator.paginate_queryset(selectors.document_list(request._request, kb), request, view=self)
         return paginator.get_paginated_response(DocumentOutputSerializer(page, many=True).data)
 

@@ -1,0 +1,57 @@
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from audit.context import command_context
+from audit.services import AuditUnavailable
+from keystore.keys import get_keyring
+from portal.models import Tenant
+from search.engine import EngineError, EngineUnavailable, get_engine, open_engine
+from search.models import KnowledgeBase
+from search.parsing import ImportFileError, detect_format, parse_entries
+from search.services import ModelMismatch, SearchInputError, documents_import, kb_create
+
+
+class Command(BaseCommand):
+    help = "Import a text (one entry a line), CSV or JSONL file into a knowledge base, embedding in batches."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--tenant", required=True, help="tenant slug")
+        parser.add_argument("--kb", required=True, help="knowledge base name (created if missing)")
+        parser.add_argument("--format", choices=["txt", "csv", "jsonl"], help="default: from the file name")
+        parser.add_argument("file")
+
+    def handle(self, *args, tenant, kb, file, format=None, **options):
+        found = Tenant.objects.filter(slug=tenant).first()
+        if found is None:
+            raise CommandError(f"no tenant with slug {tenant!r}")
+        path = Path(file)
+        if not path.is_file():
+            raise CommandError(f"{file}: no such file")
+        if path.stat().st_size > settings.KB_MAX_UPLOAD_BYTES * 16:
+            raise CommandError(f"{file} is larger than {settings.KB_MAX_UPLOAD_BYTES * 16} bytes")
+        try:
+            entries = parse_entries(path.read_bytes(), format or detect_format(path.name),
+                                    max_entries=settings.KB_MAX_IMPORT_ENTRIES,
+                                    max_chars=settings.KB_MAX_DOCUMENT_CHARS)
+            try:
+                get_engine()
+            except EngineUnavailable:
+                open_engine(settings.EMBED_MODEL_PATH, get_keyring().model_key, settings.EMBED_DEVICE)
+            context = command_context("kb_import")
+            target = KnowledgeBase.objects.filter(tenant=found, name=kb).first() or \
+                kb_create(tenant=found, name=kb, user=None, context=context)
+            with tqdm(total=len(entries), unit="entry", desc="embedding", disable=None) as bar:
+                def progress(done, total):
+                    bar.total = total
+                    bar.n = done
+                    bar.refresh()
+
+                result = documents_import(kb=target, entries=entries, user=None, context=context,
+                                          source=path.name, progress=progress)
+        except (ImportFileError, SearchInputError, ModelMismatch, EngineError, AuditUnavailable) as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"{result.added} entries added to {kb!r} ({tenant}), "
+                          f"{result.skipped} duplicates skipped, {result.truncated} truncated")

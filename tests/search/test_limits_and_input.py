@@ -1,0 +1,176 @@
+"""Bad input and limits: a clear 4xx problem, and nothing stored."""
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from audit.models import AuditEvent
+from search.models import Document, KnowledgeBase
+from tests.search.portal_fixtures import faq_kb, people, served, token_for  # noqa: F401
+
+
+def problem(response, status):
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and body["detail"]
+    return body
+
+
+def nothing_stored(kb=None):
+    searches = AuditEvent.objects.filter(action__startswith="search.").count()
+    return searches == 0 and (kb is None or kb.documents.count() == 60)
+
+
+@pytest.mark.parametrize("body,status,words", [
+    ({"kb": "FAQ", "query": ""}, 400, "query is empty"),
+    ({"kb": "FAQ", "query": "   "}, 400, "query is empty"),
+    ({"kb": "FAQ", "query": 42}, 400, "query"),
+    ({"kb": "FAQ", "query": "x", "top_k": "5"}, 400, "top_k"),
+    ({"kb": "FAQ", "query": "x", "top_k": 0}, 400, "top_k must be between"),
+    ({"kb": "FAQ", "query": "x", "top_k": 10_000}, 400, "top_k must be between"),
+    ({"kb": "FAQ", "query": "x" * 2001}, 413, "limit is 2000"),
+    ({"kb": "No such KB", "query": "x"}, 404, "not found"),
+    ({"kb": 999999, "query": "x"}, 404, "not found"),
+    ({"kb": [1], "query": "x"}, 400, "kb must be"),
+    ({"query": "x"}, 400, "invalid"),
+])
+def test_bad_search_requests(faq_kb, people, token_for, body, status, words):
+    response = token_for(people["alice"]).post("/api/v1/search", body, format="json")
+    problem_body = problem(response, status)
+    assert words.lower() in str(problem_body).lower()
+    assert nothing_stored(faq_kb)
+
+
+def test_limit_names_which_limit(faq_kb, people, token_for):
+    body = problem(token_for(people["alice"]).post("/api/v1/search", {"kb": "FAQ", "query": "x" * 5000},
+                                                   format="json"), 413)
+    assert body["limit"] == "SEARCH_MAX_QUERY_CHARS"
+
+
+def test_malformed_json_and_wrong_content_type(faq_kb, people, token_for):
+    api = token_for(people["alice"])
+    problem(api.post("/api/v1/search", data="{not json", content_type="application/json"), 400)
+    problem(api.post("/api/v1/search", data="[1, 2]", content_type="application/json"), 400)
+    problem(api.post("/api/v1/search", data="query=x", content_type="text/plain"), 415)
+    problem(api.post("/api/v1/search", data=b"\xff\xfe{", content_type="application/json"), 400)
+    assert nothing_stored(faq_kb)
+
+
+def test_radar_limits(served, people, token_for, settings):
+    api = token_for(people["alice"])
+    settings.RADAR_MAX_LINES = 3
+    body = problem(api.post("/api/v1/radar", {"documents": ["a", "b", "c", "d"], "query": "x"}, format="json"), 413)
+    assert body["limit"] == "RADAR_MAX_LINES"
+    problem(api.post("/api/v1/radar", {"documents": [], "query": "x"}, format="json"), 400)
+    problem(api.post("/api/v1/radar", {"documents": ["a", 3], "query": "x"}, format="json"), 400)
+    problem(api.post("/api/v1/radar", {"documents": "a\nb", "query": "x"}, format="json"), 400)
+    assert not AuditEvent.objects.filter(action__startswith="radar.").exists()
+
+
+def test_embeddings_limits_and_types(served, people, token_for, settings):
+    api = token_for(people["alice"])
+    settings.EMBEDDINGS_MAX_INPUTS = 2
+    assert problem(api.post("/v1/embeddings", {"input": ["a", "b", "c"]}, format="json"), 413)["limit"] == \
+        "EMBEDDINGS_MAX_INPUTS"
+    problem(api.post("/v1/embeddings", {"input": [[1, 2, 3]]}, format="json"), 400)
+    problem(api.post("/v1/embeddings", {"input": ""}, format="json"), 400)
+    problem(api.post("/v1/embeddings", {"input": "x", "dimensions": 100000}, format="json"), 400)
+    problem(api.post("/v1/embeddings", {"input": "x", "encoding_format": "hex"}, format="json"), 400)
+    assert not AuditEvent.objects.filter(action="embeddings.create").exists()
+
+
+def test_oversized_body_is_413_or_400_and_stores_nothing(faq_kb, people, token_for, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = token_for(people["carol"]).post(f"/api/v1/kbs/{faq_kb.pk}/documents",
+                                               {"documents": ["x" * 2000]}, format="json")
+    assert response.status_code == 413 and response["Content-Type"] == "application/problem+json"
+    assert faq_kb.documents.count() == 60
+
+
+@pytest.mark.parametrize("name,data,words", [
+    ("latin1.txt", "caf\xe9 au lait\n".encode("latin-1"), "not UTF-8"),
+    ("binary.txt", b"abc\x00def", "binary"),
+    ("broken.jsonl", b'{"text": "ok"}\n{oops\n', "line 2 is not valid JSON"),
+    ("wrong.jsonl", b'{"title": "no text"}\n', '"text"'),
+    ("notes.pdf", b"%PDF-1.4", "unsupported file type"),
+    ("empty.txt", b"\n\n", "no entries"),
+])
+def test_upload_rejects_malformed_files_and_stores_nothing(faq_kb, people, client, name, data, words):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(people["carol"])
+    before = AuditEvent.objects.count()
+    response = client.post(f"/kbs/{faq_kb.pk}/upload/", {"file": SimpleUploadedFile(name, data)})
+    assert response.status_code == 400
+    assert words in response.json()["detail"]
+    assert faq_kb.documents.count() == 60 and AuditEvent.objects.count() == before
+
+
+def test_upload_over_the_size_limit(faq_kb, people, client, settings):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    settings.KB_MAX_UPLOAD_BYTES = 100
+    client.force_login(people["carol"])
+    response = client.post(f"/kbs/{faq_kb.pk}/upload/", {"file": SimpleUploadedFile("big.txt", b"line\n" * 50)})
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+    assert faq_kb.documents.count() == 60
+
+
+def test_upload_imports_skips_duplicates_and_audits(faq_kb, people, client):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(people["carol"])
+    existing = faq_kb.documents.first().text
+    csv_bytes = f'text,source\n"{existing}",faq\nThe cafeteria closes at 3 pm.,ops\n'.encode()
+    response = client.post(f"/kbs/{faq_kb.pk}/upload/", {"file": SimpleUploadedFile("more.csv", csv_bytes)})
+    assert response.status_code == 200
+    assert response.json()["added"] == 1 and response.json()["skipped_duplicates"] == 1
+    event = AuditEvent.objects.filter(action="doc.import").latest("id")
+    assert event.detail["added"] == 1 and event.username == "carol" and event.kb_id == faq_kb.pk
+
+
+def test_searcher_cannot_upload_or_delete(faq_kb, people, client, token_for):
+    client.force_login(people["alice"])
+    assert client.post(f"/kbs/{faq_kb.pk}/delete/").status_code == 403
+    assert token_for(people["alice"]).delete(f"/api/v1/kbs/{faq_kb.pk}").status_code == 404
+    assert KnowledgeBase.objects.filter(pk=faq_kb.pk).exists()
+
+
+def test_kb_and_document_api_lifecycle(served, people, token_for, tenants):
+    api = token_for(people["carol"])
+    created = api.post("/api/v1/kbs", {"name": "Policies"}, format="json")
+    assert created.status_code == 201
+    kb_id = created.json()["id"]
+    assert api.post("/api/v1/kbs", {"name": "Policies"}, format="json").status_code == 400
+    added = api.post(f"/api/v1/kbs/{kb_id}/documents",
+                     {"documents": ["Travel must be booked through the portal.", {"text": "Gifts over 50 EUR are declared."},
+                                    "Travel must be booked through the portal."]}, format="json")
+    assert added.status_code == 201 and added.json()["added"] == 2 and added.json()["skipped_duplicates"] == 1
+    listed = api.get(f"/api/v1/kbs/{kb_id}/documents").json()
+    assert listed["count"] == 2
+    found = api.post("/api/v1/search", {"kb": kb_id, "query": "who books my flights", "top_k": 1}, format="json")
+    assert found.json()["results"][0]["text"].startswith("Travel")
+    doc_id = listed["results"][0]["id"]
+    assert api.delete(f"/api/v1/kbs/{kb_id}/documents/{doc_id}").status_code == 204
+    again = api.post("/api/v1/search", {"kb": kb_id, "query": "who books my flights", "top_k": 5}, format="json")
+    assert [r["id"] for r in again.json()["results"]] != [doc_id] and len(again.json()["results"]) == 1
+    assert api.get(f"/api/v1/kbs/{kb_id}").json()["line_count"] == 1
+    assert api.delete(f"/api/v1/kbs/{kb_id}").status_code == 204
+    assert Document.objects.count() == 0
+    actions = list(AuditEvent.objects.order_by("seq").values_list("action", flat=True))
+    for action in ("kb.create", "doc.import", "doc.delete", "kb.delete"):
+        assert action in actions
+
+
+def test_kb_import_command(served, people, tenants, tmp_path, capsys):
+    source = tmp_path / "entries.jsonl"
+    source.write_text('{"text": "Printers are on floor 2."}\n"Parking permits come from facilities."\n')
+    call_command("kb_import", "--tenant", "acme", "--kb", "Ops", str(source))
+    assert "2 entries added" in capsys.readouterr().out
+    assert KnowledgeBase.objects.get(name="Ops").documents.count() == 2
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe bad")
+    with pytest.raises(CommandError, match="not UTF-8"):
+        call_command("kb_import", "--tenant", "acme", "--kb", "Ops", str(bad))
+    with pytest.raises(CommandError, match="no tenant"):
+        call_command("kb_import", "--tenant", "nope", "--kb", "Ops", str(source))
