@@ -1,12 +1,18 @@
 """Objects of another tenant for the URLconf-walking isolation test
 (tests/portal/test_tenant_isolation.py)."""
+import itertools
+
 import numpy as np
 
 from search.models import Document, KnowledgeBase
 
 
+_serial = itertools.count(1)
+
+
 def make_kb(tenant, owner):
-    return KnowledgeBase.objects.create(tenant=tenant, name=f"secret kb of {tenant.slug}", model_id="m", dimensions=4,
+    return KnowledgeBase.objects.create(tenant=tenant, name=f"secret kb {next(_serial)} of {tenant.slug}",
+                                        model_id="m", dimensions=4,
                                         created_by=owner)
 
 
