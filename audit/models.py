@@ -73,6 +73,11 @@ class AuditEvent(models.Model):
             models.Index(fields=["tenant", "-occurred_at"], name="audit_tenant_time"),
             models.Index(fields=["tenant", "action", "-occurred_at"], name="audit_tenant_action_time"),
             models.Index(fields=["tenant", "user_id", "-occurred_at"], name="audit_tenant_user_time"),
+            # The admin's and the API's filters (SPEC §8; bench/audit_admin.py).
+            models.Index(fields=["tenant", "outcome", "-occurred_at"], name="audit_tenant_outcome_time"),
+            models.Index(fields=["tenant", "kb_id", "-occurred_at"], name="audit_tenant_kb_time"),
+            models.Index(fields=["tenant", "request_id"], name="audit_tenant_request"),
+            models.Index(fields=["tenant", "client_ip"], name="audit_tenant_ip"),
         ]
         ordering = ["-occurred_at", "-id"]
 
@@ -86,6 +91,49 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise AuditEventImmutable("audit events cannot be deleted")
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement "chain C had head seq S with hash H at time T".
+
+    ``payload`` is the exact JSON that was signed (Ed25519); the other columns
+    repeat it for querying. Kept outside the event chain so that writing one
+    never changes the chain it describes."""
+
+    chain = models.PositiveIntegerField()
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    seq = models.PositiveBigIntegerField()
+    head_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    payload = models.TextField()
+    signature = models.CharField(max_length=128, help_text="Ed25519 signature of payload, standard base64")
+    signing_key_id = models.CharField(max_length=32)
+
+    class Meta:
+        indexes = [models.Index(fields=["chain", "-seq"], name="audit_checkpoint_chain_seq")]
+        ordering = ["chain", "-seq"]
+
+    def __str__(self):
+        return f"checkpoint {self.chain}#{self.seq}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AuditEventImmutable("checkpoints cannot be changed")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AuditEventImmutable("checkpoints cannot be deleted")
+
+
+class ArchiveAuthorisation(models.Model):
+    """While a row exists, the database lets events of ``chain`` with
+    ``seq <= through_seq`` be deleted (the one sanctioned DELETE, see
+    migration 0004). ``audit.retention.archive_chain`` writes it and removes it
+    in the same transaction; nothing else may."""
+
+    chain = models.PositiveIntegerField()
+    through_seq = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField()
 
 
 # The fields covered by the MAC, in the canonical serialisation. Every column

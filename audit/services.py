@@ -12,6 +12,8 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from audit.canonical import compute_mac
+from audit.checkpoints import checkpoint_after_append, checkpoint_due
+from audit.mirror import mirror_event
 from audit.models import GENESIS_HASH, MAC_FIELDS, PLATFORM_CHAIN, AuditEvent, Outcome
 from keystore.keys import derive_subkey, get_keyring, key_id
 
@@ -126,10 +128,52 @@ def record_event(*, action: str, outcome: str = Outcome.SUCCESS, tenant=None, us
             cursor.execute(_INSERT_SQL, [field.get_db_prep_save(values[field.attname], connection)
                                          for field in _INSERT_FIELDS])
             values["id"] = cursor.fetchone()[0]
+            if checkpoint_due(values["chain"], values["seq"]):
+                checkpoint_after_append(chain=values["chain"], tenant=tenant, seq=values["seq"],
+                                        head_hash=values["mac"])
     except Exception as exc:
         logger.error("audit event %s could not be recorded: %s", action, exc.__class__.__name__)
         raise AuditUnavailable(f"audit log unavailable ({exc.__class__.__name__})") from exc
+    if settings.AUDIT_JSONL_PATH:
+        mirrored = {name: values[name] for name in MAC_FIELDS}
+        mirrored["mac"] = values["mac"]
+        transaction.on_commit(lambda: mirror_event(mirrored))
     event = AuditEvent(**values)
     event._state.adding = False
     event._state.db = connection.alias
     return event
+
+
+# --- reading and exporting are themselves audited ----------------------------
+
+def audit_view_record(*, user, tenants, context: dict | None, page: str, detail: dict | None = None) -> None:
+    """One `audit.view` per page view, in the chain of each tenant whose records
+    the page could show (the platform chain for a superuser's all-tenant view)."""
+    detail = {"page": page, **(detail or {})}
+    for tenant in (tenants or [None]):
+        record_event(action="audit.view", tenant=tenant, user=user, context=context,
+                     resource_type="audit_event", detail=detail)
+
+
+def audit_export_write(*, out, tenant, user, context: dict | None, kind: str, events, description: dict,
+                       recipient: str | None = None, via: str, created_by: str | None = None):
+    """Write a signed bundle to ``out`` (opened w+b) and record `audit.export`
+    with its digest. Raises SigningUnavailable / ExportError / EnvelopeError."""
+    from audit.export import write_bundle
+
+    result = write_bundle(out, tenant=tenant, events=events, kind=kind, description=description,
+                          created_by=created_by or (user.get_username() if user is not None else via),
+                          recipient=recipient)
+    manifest = result.manifest
+    record_event(action="audit.export", tenant=tenant, user=user, context=context,
+                 resource_type="audit_export", resource_id=result.bundle_sha256[:32],
+                 detail={"via": via, "kind": kind, **description, "count": manifest["count"],
+                         "first_seq": (manifest["first"] or {}).get("seq"),
+                         "last_seq": (manifest["last"] or {}).get("seq"), "gaps": manifest["gaps"],
+                         "bundle_sha256": result.bundle_sha256, "sealed_to": result.sealed_to})
+    return result
+
+
+def audit_export_denied(*, tenant, user, context: dict | None, via: str, reason: str) -> None:
+    record_event(action="audit.export", outcome=Outcome.DENIED, tenant=tenant, user=user, context=context,
+                 resource_type="audit_export", detail={"via": via, "reason": reason})

@@ -46,3 +46,29 @@ def public_key_from_text(text: str) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(base64.b64decode(text.strip(), validate=True))
     except (ValueError, TypeError):
         raise SigningKeyError("not a base64 Ed25519 public key") from None
+
+
+def public_key_raw(public_key: Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def signing_key_id(public_key: Ed25519PublicKey) -> str:
+    """Public id of a signing key: a digest of its raw public key."""
+    import hashlib
+
+    return "ed25519_" + hashlib.sha256(public_key_raw(public_key)).hexdigest()[:16]
+
+
+def sign(private_key: Ed25519PrivateKey, message: bytes) -> str:
+    """Ed25519 signature of ``message`` as standard base64."""
+    return base64.b64encode(private_key.sign(message)).decode()
+
+
+def signature_valid(public_key: Ed25519PublicKey, message: bytes, signature_b64: str) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        public_key.verify(base64.b64decode(signature_b64, validate=True), message)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True

@@ -1,0 +1,179 @@
+"""Audit API (SPEC §5): the compliance role of the acting tenant, else 404."""
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+
+from django.http import FileResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from rest_framework import exceptions, serializers
+from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from audit import services
+from audit.checkpoints import SigningUnavailable
+from audit.context import request_context
+from audit.export import ExportError, parse_bound, range_events
+from audit.models import MAC_FIELDS, AuditEvent, Outcome
+from audit.presign import PresignInvalid, presign_check, presign_params, presign_query
+from audit.selectors import event_list
+from keystore.envelope import EnvelopeError
+from portal.tenancy import require_capability
+
+
+class ServiceUnavailable(exceptions.APIException):
+    status_code = 503
+    default_detail = "The audit export is not available."
+
+
+def _acting_compliance_tenant(request):
+    require_capability(request._request, "audit.review", hide=True)
+    return request._request.tenant
+
+
+class AuditEventPagination(CursorPagination):
+    ordering = "-seq"
+    page_size = 100
+    page_size_query_param = "limit"
+    max_page_size = 1000
+
+
+class AuditEventListApi(APIView):
+    class FilterSerializer(serializers.Serializer):
+        to = serializers.CharField(required=False, max_length=40)
+        action = serializers.CharField(required=False, max_length=64)
+        outcome = serializers.ChoiceField(required=False, choices=Outcome.choices)
+        user_id = serializers.IntegerField(required=False)
+        username = serializers.CharField(required=False, max_length=150)
+        kb_id = serializers.IntegerField(required=False)
+        request_id = serializers.CharField(required=False, max_length=64)
+        client_ip = serializers.IPAddressField(required=False)
+        q = serializers.CharField(required=False, max_length=500)
+
+        def get_fields(self):
+            fields = super().get_fields()
+            fields["from"] = serializers.CharField(required=False, max_length=40)  # a keyword in Python
+            return fields
+
+        def validate(self, values):
+            try:
+                if values.get("from"):
+                    values["from"] = parse_bound(values["from"], name="from")
+                if values.get("to"):
+                    values["to"] = parse_bound(values["to"], name="to", end=True)
+            except ExportError as exc:
+                raise serializers.ValidationError({"from/to": [str(exc)]}) from None
+            return values
+
+    @extend_schema_serializer(component_name="AuditEvent")
+    class OutputSerializer(serializers.ModelSerializer):
+        class Meta:
+            model = AuditEvent
+            fields = ["id", *MAC_FIELDS, "mac"]
+
+    @extend_schema(parameters=[OpenApiParameter(name, str, required=False) for name in (
+        "from", "to", "action", "outcome", "user_id", "username", "kb_id", "request_id", "client_ip", "q",
+        "cursor", "limit")], responses=OutputSerializer(many=True))
+    def get(self, request):
+        tenant = _acting_compliance_tenant(request)
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        paginator = AuditEventPagination()
+        page = paginator.paginate_queryset(event_list(tenant=tenant, filters=filters.validated_data), request, self)
+        services.audit_view_record(
+            user=request.user, tenants=[tenant], context=request_context(request._request), page="api.events",
+            detail={"filters": {k: str(v) for k, v in filters.validated_data.items()}, "shown": len(page)})
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+
+def bundle_response(out, tenant, result) -> FileResponse:
+    out.seek(0)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    suffix = "zip.sealed" if result.sealed_to else "zip"
+    response = FileResponse(out, as_attachment=True, filename=f"audit-{tenant.slug}-{stamp}.{suffix}",
+                            content_type="application/octet-stream")
+    response["X-Audit-Export-SHA256"] = result.bundle_sha256
+    return response
+
+
+class AuditExportApi(APIView):
+    """A range export: by the compliance role, or by a presigned URL (no login)."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(parameters=[OpenApiParameter(name, str, required=name in ("from", "to")) for name in (
+        "from", "to", "recipient", "tenant", "expires", "by", "sig")],
+        responses={(200, "application/octet-stream"): bytes})
+    def get(self, request):
+        context = request_context(request._request)
+        if "sig" in request.query_params:
+            try:
+                grant = presign_check(request.query_params)
+            except PresignInvalid as exc:
+                services.audit_export_denied(tenant=None, user=None, context=context, via="presigned-url",
+                                             reason=str(exc))
+                raise exceptions.PermissionDenied(str(exc)) from None
+            tenant, user, via = grant.tenant, grant.user, "presigned-url"
+            start_text, end_text, recipient = grant.start_text, grant.end_text, grant.recipient
+        else:
+            if not request.user.is_authenticated:
+                raise exceptions.NotAuthenticated()
+            tenant, user, via = _acting_compliance_tenant(request), request.user, "api"
+            start_text, end_text = request.query_params.get("from", ""), request.query_params.get("to", "")
+            recipient = request.query_params.get("recipient", "")
+        out = tempfile.TemporaryFile()
+        try:
+            start, end = parse_bound(start_text, name="from"), parse_bound(end_text, name="to", end=True)
+            result = services.audit_export_write(
+                out=out, tenant=tenant, user=user, context=context, kind="range",
+                events=range_events(tenant, start, end), via=via, recipient=recipient or None,
+                description={"range": {"from": start.isoformat(), "to": end.isoformat()}})
+        except (ExportError, EnvelopeError) as exc:
+            out.close()
+            raise exceptions.ValidationError({"detail": str(exc)}) from None
+        except SigningUnavailable as exc:
+            out.close()
+            raise ServiceUnavailable(str(exc)) from None
+        except BaseException:
+            out.close()
+            raise
+        return bundle_response(out, tenant, result)
+
+
+class AuditExportPresignApi(APIView):
+    @extend_schema_serializer(component_name="AuditExportPresignInput")
+    class InputSerializer(serializers.Serializer):
+        to = serializers.CharField(max_length=40)
+        expires_in = serializers.IntegerField(default=3600)
+        recipient = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
+
+        def get_fields(self):
+            fields = super().get_fields()
+            fields["from"] = serializers.CharField(max_length=40)  # a keyword in Python
+            return fields
+
+    @extend_schema(request=InputSerializer, responses={200: dict})
+    def post(self, request):
+        tenant = _acting_compliance_tenant(request)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        try:
+            if values["recipient"]:
+                from keystore.envelope import parse_recipient_public_key
+
+                parse_recipient_public_key(values["recipient"])
+            params = presign_params(tenant=tenant, user=request.user, start_text=values["from"],
+                                    end_text=values["to"], recipient=values["recipient"],
+                                    expires_in=values["expires_in"])
+        except (ExportError, EnvelopeError) as exc:
+            raise exceptions.ValidationError({"detail": str(exc)}) from None
+        services.record_event(action="audit.presign", tenant=tenant, user=request.user,
+                              context=request_context(request._request), resource_type="audit_export",
+                              detail={"from": params["from"], "to": params["to"], "expires": params["expires"],
+                                      "recipient": params["recipient"]})
+        url = request.build_absolute_uri("/api/v1/audit/export") + "?" + presign_query(params)
+        return Response({"url": url, "expires": dt.datetime.fromtimestamp(
+            int(params["expires"]), dt.timezone.utc).isoformat()})
