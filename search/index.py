@@ -1,12 +1,15 @@
 """Exact cosine top-k over a per-process matrix for each knowledge base.
 
 Embeddings are L2-normalised, so cosine is a dot product. The matrix of a
-knowledge base is loaded on first use and reloaded when its `version` moves
-(every import or delete bumps it), so a worker never serves stale results.
+knowledge base is loaded on first use and cached under its `revision`, a
+random token replaced by every import or delete: a worker never serves stale
+rows, not even when a deleted knowledge base's id is reused. Only the most
+recently used knowledge bases stay cached.
 """
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +27,7 @@ class Hit:
 
 @dataclass
 class KbMatrix:
-    version: int
+    revision: str
     ids: np.ndarray          # int64, (n,)
     matrix: np.ndarray       # float32, (n, d)
     texts: list[str]
@@ -49,23 +52,30 @@ def best_rows(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray
 
 
 class KbIndexCache:
-    def __init__(self):
-        self._entries: dict[int, KbMatrix] = {}
+    def __init__(self, max_entries: int = 64):
+        self._entries: OrderedDict[tuple[int, str], KbMatrix] = OrderedDict()
         self._lock = threading.Lock()
+        self._max_entries = max_entries
 
     def get(self, kb) -> KbMatrix:
-        entry = self._entries.get(kb.pk)
-        if entry is not None and entry.version == kb.version:
-            return entry
+        key = (kb.pk, kb.revision)
         with self._lock:
-            entry = self._entries.get(kb.pk)
-            if entry is None or entry.version != kb.version:
-                entry = self._load(kb)
-                self._entries[kb.pk] = entry
-        return entry
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry
+            entry = self._load(kb)
+            for stale in [k for k in self._entries if k[0] == kb.pk]:
+                del self._entries[stale]
+            self._entries[key] = entry
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+            return entry
 
     def forget(self, kb_id: int) -> None:
-        self._entries.pop(kb_id, None)
+        with self._lock:
+            for stale in [k for k in self._entries if k[0] == kb_id]:
+                del self._entries[stale]
 
     @staticmethod
     def _load(kb) -> KbMatrix:
@@ -76,7 +86,7 @@ class KbIndexCache:
         for i, row in enumerate(rows):
             matrix[i] = np.frombuffer(row[3], dtype="<f4")
         return KbMatrix(
-            version=kb.version,
+            revision=kb.revision,
             ids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
             matrix=matrix,
             texts=[r[1] for r in rows],

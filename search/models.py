@@ -1,8 +1,14 @@
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
 from portal.models import Tenant, TenantScopedQuerySet
+
+
+def new_revision() -> str:
+    return uuid.uuid4().hex
 
 
 class KnowledgeBase(models.Model):
@@ -13,7 +19,8 @@ class KnowledgeBase(models.Model):
     description = models.CharField(max_length=500, blank=True)
     model_id = models.CharField(max_length=200, blank=True, help_text="set by the first import; never mixed")
     dimensions = models.PositiveIntegerField(null=True, blank=True)
-    version = models.PositiveBigIntegerField(default=0, help_text="bumped on every change; invalidates caches")
+    revision = models.CharField(max_length=32, default=new_revision,
+                                help_text="replaced on every change; caches keyed by it never serve stale rows")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
 
 from audit.models import Outcome
 from audit.services import record_event
 from search.engine import get_engine
 from search.index import Hit, best_rows, kb_indexes
-from search.models import Document, KnowledgeBase
+from search.models import Document, KnowledgeBase, new_revision
 from search.parsing import Entry
 
 
@@ -157,7 +156,7 @@ def documents_import(*, kb: KnowledgeBase, entries: list[Entry], user, context: 
             for i, (entry, digest) in enumerate(fresh)
         ], batch_size=1000)
         KnowledgeBase.objects.filter(pk=kb.pk).update(
-            model_id=engine.model_id, dimensions=engine.dimensions, version=F("version") + 1)
+            model_id=engine.model_id, dimensions=engine.dimensions, revision=new_revision())
         record_event(action="doc.import", tenant=kb.tenant, user=user, context=context,
                      resource_type="knowledge_base", resource_id=str(kb.pk), kb_id=kb.pk, kb_name=kb.name,
                      kb_lines=len(existing), model_id=engine.model_id,
@@ -175,7 +174,7 @@ def document_delete(*, document: Document, user, context: dict | None = None) ->
                      resource_type="document", resource_id=str(document.pk), kb_id=kb.pk, kb_name=kb.name,
                      detail={"digest": document.digest, "source_line": document.source_line})
         document.delete()
-        KnowledgeBase.objects.filter(pk=kb.pk).update(version=F("version") + 1)
+        KnowledgeBase.objects.filter(pk=kb.pk).update(revision=new_revision())
 
 
 # --- searching ------------------------------------------------------------------------

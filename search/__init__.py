@@ -1,0 +1,1 @@
+"""Knowledge bases, the embedding engine and semantic search."""

@@ -1,0 +1,69 @@
+"""manage.py model_seal SRC OUT | model_seal --legacy-cbc IN OUT"""
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from keystore.bundle import DEFAULT_CHUNK_SIZE, BundleError
+from keystore.keys import MODEL_KEY, get_keyring
+
+
+def require_model_key() -> bytes:
+    """The process's model key, or a CommandError that says how to provide it."""
+    ring = get_keyring()
+    if ring.model_key is None:
+        reasons = [e for e in ring.errors if MODEL_KEY in e] or [f"{MODEL_KEY} is not set"]
+        raise CommandError(f"no model key: {'; '.join(reasons)}")
+    return ring.model_key
+
+
+class Command(BaseCommand):
+    help = (
+        "Seal a model folder (config, tokenizer, pooling files, safetensors or pytorch_model.bin weights) "
+        "into one authenticated bundle, or re-seal a legacy AES-CBC file with --legacy-cbc. "
+        f"The key is {MODEL_KEY} (or {MODEL_KEY}_FILE)."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("src", help="the model folder, or with --legacy-cbc the legacy .q3e.enc file")
+        parser.add_argument("out", help="the bundle to write")
+        parser.add_argument("--legacy-cbc", action="store_true", help="SRC is a legacy AES-256-CBC file")
+        parser.add_argument(
+            "--config-dir", help="with --legacy-cbc: a model folder whose config and tokenizer files to include"
+        )
+        parser.add_argument("--model-id", help="the name recorded in the bundle (default: from the folder)")
+        parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="plaintext bytes per chunk")
+        parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+    def handle(self, *args, src, out, legacy_cbc, config_dir, model_id, chunk_size, force, verbosity, **options):
+        from search.legacy import reseal_legacy_cbc, seal_model_folder  # torch: only when sealing
+
+        key = require_model_key()
+        if Path(out).exists() and not force:
+            raise CommandError(f"{out} already exists; pass --force to replace it")
+        if not Path(out).resolve().parent.is_dir():
+            raise CommandError(f"the folder of {out} does not exist")
+        if legacy_cbc and not Path(src).is_file():
+            raise CommandError(f"{src} is not a file")
+        if not legacy_cbc and not Path(src).is_dir():
+            raise CommandError(f"{src} is not a model folder")
+        if config_dir and not legacy_cbc:
+            raise CommandError("--config-dir only goes with --legacy-cbc")
+
+        with tqdm(unit="B", unit_scale=True, desc="sealing", disable=verbosity == 0) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            common = {"model_id": model_id, "chunk_size": chunk_size, "progress": progress}
+            try:
+                if legacy_cbc:
+                    header = reseal_legacy_cbc(src, out, key, config_dir=config_dir, **common)
+                else:
+                    header = seal_model_folder(src, out, key, **common)
+            except (BundleError, OSError) as exc:
+                raise CommandError(str(exc)) from None
+        self.stdout.write(
+            f"sealed {out}: {header['plaintext_size']} bytes in {header['chunk_count']} chunks, key {header['key_id']}"
+        )

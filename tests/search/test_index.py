@@ -1,0 +1,50 @@
+"""The per-worker index: exact top-k, and never a stale row."""
+import numpy as np
+
+from search.index import KbIndexCache, best_rows
+from search.models import KnowledgeBase
+from search.parsing import Entry
+from search.services import documents_import, kb_create
+from tests.search.portal_fixtures import people, served  # noqa: F401
+
+
+def test_best_rows_is_exact_top_k_best_first():
+    rng = np.random.default_rng(1)
+    matrix = rng.standard_normal((500, 16)).astype(np.float32)
+    query = rng.standard_normal(16).astype(np.float32)
+    order, scores = best_rows(matrix, query, 7)
+    expected = np.argsort(-(matrix @ query))[:7]
+    assert list(order) == list(expected)
+    assert np.allclose(scores, (matrix @ query)[expected])
+    assert len(best_rows(matrix, query, 900)[0]) == 500
+    assert len(best_rows(matrix[:0], query, 3)[0]) == 0
+
+
+def test_a_reused_knowledge_base_id_never_serves_the_old_rows(served, people, tenants):
+    """Another worker deleted the knowledge base (this worker's cache was not
+    told) and a new one got the same id: the new rows are served."""
+    cache = KbIndexCache()
+    old = kb_create(tenant=tenants["globex"], name="old", user=people["bob"])
+    documents_import(kb=old, entries=[Entry(1, "secret globex merger plan")], user=people["bob"])
+    old.refresh_from_db()
+    hits, _ = cache.search(old, served.embed(["merger"]).vectors[0], 5)
+    assert hits[0].text == "secret globex merger plan"
+    reused_id = old.pk
+    KnowledgeBase.objects.filter(pk=reused_id).delete()
+    new = KnowledgeBase.objects.create(pk=reused_id, tenant=tenants["acme"], name="new")
+    documents_import(kb=new, entries=[Entry(1, "canteen opening hours")], user=people["carol"])
+    new.refresh_from_db()
+    hits, count = cache.search(new, served.embed(["merger"]).vectors[0], 5)
+    assert count == 1 and [h.text for h in hits] == ["canteen opening hours"]
+
+
+def test_cache_keeps_only_the_most_recent_knowledge_bases(served, people, tenants):
+    cache = KbIndexCache(max_entries=2)
+    kbs = []
+    for name in ("one", "two", "three"):
+        kb = kb_create(tenant=tenants["acme"], name=name, user=people["carol"])
+        documents_import(kb=kb, entries=[Entry(1, f"entry {name}")], user=people["carol"])
+        kb.refresh_from_db()
+        cache.get(kb)
+        kbs.append(kb)
+    assert {key[0] for key in cache._entries} == {kbs[1].pk, kbs[2].pk}
