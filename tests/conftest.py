@@ -39,6 +39,15 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(session, config, items):
+    # PostgreSQL-only behaviour runs in the PostgreSQL pass of `make test`
+    # (tests/run_on_postgres.py); on SQLite it is deselected, not skipped.
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        deselected = [i for i in items if i.get_closest_marker("postgresql_only")]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [i for i in items if not i.get_closest_marker("postgresql_only")]
     # The whole-run log check must see every other test's logs first.
     last = [i for i in items if i.get_closest_marker("run_last")]
     items[:] = [i for i in items if not i.get_closest_marker("run_last")] + last

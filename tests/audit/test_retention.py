@@ -150,7 +150,7 @@ def test_archive_refuses_a_chain_that_does_not_verify(aged_chain, tenants, signi
     assert code == 1 and "does not verify" in out and AuditEvent.objects.count() == 33
 
 
-@pytest.mark.skipif("connection.vendor != 'postgresql'")
+@pytest.mark.postgresql_only
 def test_postgres_refuses_to_commit_a_left_over_authorisation(aged_chain, tenants):
     with pytest.raises(DatabaseError, match="must be removed"):
         with transaction.atomic():

