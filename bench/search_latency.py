@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 QUERIES = [json.loads(line)["query"] for line in
            (ROOT / "search" / "demo_data" / "faq-queries.jsonl").read_text().splitlines() if line.strip()]
 
@@ -71,7 +72,7 @@ def main():
                DATABASE_URL=f"sqlite:///{work / 'portal.sqlite3'}", EMBED_MODEL_KEY=model_key,
                AUDIT_HMAC_KEY=audit_key, EMBED_MODEL_PATH=str(work / "model.q3e.enc"), EMBED_DEVICE="cpu",
                PORTAL_CACHE_DIR=str(work / "cache"), API_THROTTLE_RATE="100000/min", LOG_LEVEL="WARNING",
-               BENCH_PLAINTEXT_MODEL=str(plaintext), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+               BENCH_PLAINTEXT_MODEL=str(plaintext), BENCH_MODEL_ID=MODEL_ID, PORTAL_ACCESS_LOG="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     os.environ.update(env)
     import django
 
@@ -91,7 +92,7 @@ def main():
     from search.services import documents_import, kb_create
 
     call_command("migrate", verbosity=0)
-    seal_bundle(plaintext, env["EMBED_MODEL_PATH"], get_keyring().model_key)
+    seal_bundle(plaintext, env["EMBED_MODEL_PATH"], get_keyring().model_key, model_id=MODEL_ID)
     engine = Engine.open(env["EMBED_MODEL_PATH"], get_keyring().model_key, device="cpu")
     set_engine(engine)
     from django.contrib.auth import get_user_model

@@ -24,7 +24,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         django_request = request._request
         django_request.tenant = token.tenant
         django_request.api_token = token
-        django_request._tenant_roles = None
+        django_request._tenant_roles = (token.tenant_id, token.roles)
         return token.user, token
 
     def authenticate_header(self, request):

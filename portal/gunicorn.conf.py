@@ -8,7 +8,10 @@ threads = int(os.environ.get("PORTAL_THREADS", "4"))
 worker_class = "gthread"
 timeout = 120
 preload_app = False
-accesslog = "-"
+accesslog = os.environ.get("PORTAL_ACCESS_LOG", "-") or None
+# No runtime control socket: nothing outside the process should steer it, and
+# two portals on one host would otherwise share one socket path.
+control_socket_disable = True
 # No query strings in the access log: presigned URLs carry signatures there.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 

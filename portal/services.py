@@ -71,7 +71,10 @@ def token_authenticate(token_text: str) -> tuple[ApiToken | None, str]:
     now = timezone.now()
     if row.expires_at <= now:
         return None, "token expired"
-    if not row.user.is_active or not Membership.objects.filter(user=row.user, tenant=row.tenant).exists():
+    # The roles are read here once; the request reuses them for every capability check.
+    row.roles = frozenset(Membership.objects.filter(user_id=row.user_id, tenant_id=row.tenant_id)
+                          .values_list("role", flat=True))
+    if not row.user.is_active or not row.roles:
         return None, "token's user is no longer a member of its tenant"
     if row.last_used_at is None or now - row.last_used_at > dt.timedelta(minutes=1):
         # At most one write a minute per token: the hot path stays read-only.

@@ -55,7 +55,7 @@ def choose_tenant(request, tenant: Tenant) -> None:
         raise Http404
     request.session[SESSION_TENANT_KEY] = tenant.pk
     request.tenant = tenant
-    request.__dict__.pop("tenant_roles", None)
+    request.__dict__.pop("_tenant_roles", None)
 
 
 def acting_roles(request) -> frozenset[str]:

@@ -88,7 +88,7 @@ def _as_problem(exc):
 def kb_from_reference(request, reference) -> KnowledgeBase:
     """A knowledge base of the acting tenant by id or by name; 404 otherwise."""
     lookup = {"pk": reference} if isinstance(reference, int) else {"name": reference}
-    kb = selectors.kb_list(request).filter(**lookup).first()
+    kb = selectors.kb_scoped(request).filter(**lookup).first()
     if kb is None:
         raise Problem(404, f"knowledge base {reference!r} not found")
     return kb
@@ -185,7 +185,10 @@ class KbDetailApi(TenantApiView):
 
     @extend_schema(responses=KbOutputSerializer)
     def get(self, request, kb_id: int):
-        return Response(KbOutputSerializer(kb_from_reference(request._request, kb_id)).data)
+        kb = selectors.kb_list(request._request).filter(pk=kb_id).first()
+        if kb is None:
+            raise Problem(404, f"knowledge base {kb_id} not found")
+        return Response(KbOutputSerializer(kb).data)
 
     def delete(self, request, kb_id: int):
         services.kb_delete(kb=kb_from_reference(request._request, kb_id), user=request.user,

@@ -5,6 +5,11 @@ from portal.tenancy import get_scoped_or_404, scoped
 from search.models import Document, KnowledgeBase
 
 
+def kb_scoped(request):
+    """The acting tenant's knowledge bases, without counting their documents."""
+    return scoped(KnowledgeBase.objects.select_related("tenant"), request)
+
+
 def kb_list(request):
     return scoped(KnowledgeBase, request).annotate(line_count=Count("documents")).order_by("name")
 
