@@ -1,5 +1,8 @@
 from rest_framework import authentication, exceptions
 
+from audit.context import request_context
+from audit.models import Outcome
+from audit.services import AuditUnavailable, record_event
 from portal.services import token_authenticate
 
 
@@ -20,6 +23,12 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("invalid token") from None
         token, why = token_authenticate(text)
         if token is None:
+            try:
+                record_event(action="auth.token_failed", outcome=Outcome.DENIED,
+                             context=request_context(request._request), resource_type="api_token",
+                             detail={"reason": why, "prefix": text[:10]})
+            except AuditUnavailable:
+                pass  # refused anyway; record_event has logged it
             raise exceptions.AuthenticationFailed(why)
         django_request = request._request
         django_request.tenant = token.tenant

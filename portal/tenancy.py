@@ -70,10 +70,26 @@ def has_capability(request, capability: str) -> bool:
     return bool(acting_roles(request) & CAPABILITIES[capability])
 
 
+def record_denial(request, *, action: str, resource_type: str, resource_id: str = "", **detail) -> None:
+    """Every refusal is an audit event too (outcome denied), in the acting tenant's chain."""
+    from audit.context import request_context
+    from audit.models import Outcome
+    from audit.services import AuditUnavailable, record_event
+
+    try:
+        record_event(action=action, outcome=Outcome.DENIED, tenant=getattr(request, "tenant", None),
+                     user=getattr(request, "user", None), context=request_context(request),
+                     resource_type=resource_type, resource_id=str(resource_id)[:128],
+                     detail={"method": request.method, "path": request.path[:200], **detail})
+    except AuditUnavailable:
+        pass  # the request is refused anyway; record_event has logged the failure
+
+
 def require_capability(request, capability: str, *, hide: bool = False) -> None:
     """403 when the acting roles lack the capability; 404 with hide=True, where
-    even the existence of the feature should not show."""
+    even the existence of the feature should not show. Either way, audited."""
     if not has_capability(request, capability):
+        record_denial(request, action="access.denied", resource_type="capability", resource_id=capability)
         raise Http404 if hide else PermissionDenied
 
 
@@ -93,4 +109,8 @@ def get_scoped_or_404(model_or_queryset, request, **lookup):
     try:
         return scoped(model_or_queryset, request).get(**lookup)
     except (models.ObjectDoesNotExist, ValueError, TypeError):
+        model = model_or_queryset if isinstance(model_or_queryset, type) else model_or_queryset.model
+        # Unknown ids and other tenants' ids look the same here, and both are worth a record.
+        record_denial(request, action="access.not_found", resource_type=model._meta.label_lower,
+                      resource_id=",".join(f"{k}={v}" for k, v in lookup.items()))
         raise Http404 from None

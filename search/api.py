@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from audit.context import request_context
 from audit.services import AuditUnavailable
 from portal.api_errors import Problem
-from portal.tenancy import require_capability
+from portal.tenancy import record_denial, require_capability
 from search import selectors, services
 from search.engine import EngineError, EngineUnavailable
 from search.models import KnowledgeBase
@@ -90,6 +90,8 @@ def kb_from_reference(request, reference) -> KnowledgeBase:
     lookup = {"pk": reference} if isinstance(reference, int) else {"name": reference}
     kb = selectors.kb_scoped(request).filter(**lookup).first()
     if kb is None:
+        record_denial(request, action="access.not_found", resource_type="search.knowledgebase",
+                      resource_id=str(reference))
         raise Problem(404, f"knowledge base {reference!r} not found")
     return kb
 

@@ -189,10 +189,23 @@ def _search_fields(result: SearchResult) -> dict:
     }
 
 
+def _check_or_record(action: str, query, top_k_value, **fields) -> tuple[str, int]:
+    """Validated (query, top_k); a rejected request is recorded as a failure."""
+    try:
+        return check_query(query), check_top_k(top_k_value)
+    except SearchInputError as exc:
+        record_event(action=action, outcome=Outcome.FAILURE,
+                     query=query[:settings.SEARCH_MAX_QUERY_CHARS] if isinstance(query, str) else "",
+                     detail={"rejected": str(exc)[:200]}, **fields)
+        raise
+
+
 def search_kb(*, kb: KnowledgeBase, query: str, top_k: int, user, context: dict | None = None) -> SearchResult:
     """Top-k documents of ``kb`` for ``query``: audit first, model second."""
     started = time.perf_counter()
-    query, top_k = check_query(query), check_top_k(top_k)
+    query, top_k = _check_or_record("search.failed", query, top_k, tenant=kb.tenant, user=user, context=context,
+                                    kb_id=kb.pk, kb_name=kb.name, resource_type="knowledge_base",
+                                    resource_id=str(kb.pk))
     engine = get_engine()
     if kb.model_id and kb.model_id != engine.model_id:
         raise ModelMismatch(f"knowledge base {kb.name!r} was built with {kb.model_id}; "
@@ -220,7 +233,8 @@ def radar_search(*, tenant, documents: list, query: str, top_k: int, user, conte
                  ) -> SearchResult:
     """Search lines given with the request; nothing about them is stored but the audit record."""
     started = time.perf_counter()
-    query, top_k = check_query(query), check_top_k(top_k)
+    query, top_k = _check_or_record("radar.failed", query, top_k, tenant=tenant, user=user, context=context,
+                                    resource_type="radar")
     if not isinstance(documents, list) or not all(isinstance(d, str) for d in documents):
         raise SearchInputError("documents must be a list of strings")
     lines = [d.strip() for d in documents if d.strip()]

@@ -17,7 +17,7 @@ def problem(response, status):
 
 
 def nothing_stored(kb=None):
-    searches = AuditEvent.objects.filter(action__startswith="search.").count()
+    searches = AuditEvent.objects.filter(action__in=["search.submitted", "search.completed"]).count()
     return searches == 0 and (kb is None or kb.documents.count() == 60)
 
 
@@ -174,3 +174,26 @@ def test_kb_import_command(served, people, tenants, tmp_path, capsys):
         call_command("kb_import", "--tenant", "acme", "--kb", "Ops", str(bad))
     with pytest.raises(CommandError, match="no tenant"):
         call_command("kb_import", "--tenant", "nope", "--kb", "Ops", str(source))
+
+
+def test_refusals_are_audited_as_denied_or_failed(faq_kb, people, token_for, bearer, tenants):
+    alice = token_for(people["alice"])
+    assert alice.post("/api/v1/kbs", {"name": "mine"}, format="json").status_code == 404
+    denied = AuditEvent.objects.get(action="access.denied")
+    assert (denied.outcome, denied.username, denied.resource_id, denied.tenant) == (
+        "denied", "alice", "kb.manage", tenants["acme"])
+    bob = token_for(people["bob"], "globex")
+    assert bob.post("/api/v1/search", {"kb": faq_kb.pk, "query": "x"}, format="json").status_code == 404
+    probe = AuditEvent.objects.get(action="access.not_found")
+    assert (probe.tenant, probe.username, probe.outcome) == (tenants["globex"], "bob", "denied")
+    assert bearer("sp_not-a-token").get("/api/v1/kbs").status_code == 401
+    assert AuditEvent.objects.get(action="auth.token_failed").detail["reason"] == "invalid token"
+    assert alice.post("/api/v1/search", {"kb": "FAQ", "query": ""}, format="json").status_code == 400
+    failed = AuditEvent.objects.get(action="search.failed")
+    assert failed.outcome == "failure" and failed.detail["rejected"] == "query is empty"
+
+
+def test_page_refusal_is_audited(faq_kb, people, client):
+    client.force_login(people["alice"])
+    assert client.post(f"/kbs/{faq_kb.pk}/delete/").status_code == 403
+    assert AuditEvent.objects.filter(action="access.denied", resource_id="kb.manage", username="alice").exists()
