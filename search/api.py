@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import ParseError
 from rest_framework.pagination import LimitOffsetPagination
@@ -39,8 +39,9 @@ class StrictIntegerField(serializers.IntegerField):
 
 
 class TenantApiView(APIView):
-    """Base of every search API view: a capability per method (deny unless
-    listed), domain errors as problem+json."""
+    # Base of every search API view: a capability per method (deny unless
+    # listed), domain errors as problem+json. (A comment, not a docstring:
+    # docstrings become the public API description.)
 
     capabilities: dict[str, str] = {}
 
@@ -123,14 +124,14 @@ def search_response(request, result: services.SearchResult) -> Response:
 class SearchApi(TenantApiView):
     capabilities = {"POST": "search"}
 
-    class InputSerializer(serializers.Serializer):
+    class SearchInputSerializer(serializers.Serializer):
         kb = serializers.JSONField(help_text="knowledge base id (integer) or name")
         query = StrictCharField(allow_blank=True, trim_whitespace=False)
         top_k = StrictIntegerField(required=False, default=5)
 
-    @extend_schema(request=InputSerializer, responses=SearchOutputSerializer)
+    @extend_schema(request=SearchInputSerializer, responses=SearchOutputSerializer)
     def post(self, request):
-        data = self.validated(self.InputSerializer)
+        data = self.validated(self.SearchInputSerializer)
         if not isinstance(data["kb"], (int, str)) or isinstance(data["kb"], bool):
             raise Problem(400, "kb must be a knowledge base id or name")
         kb = kb_from_reference(request._request, data["kb"])
@@ -142,14 +143,14 @@ class SearchApi(TenantApiView):
 class RadarApi(TenantApiView):
     capabilities = {"POST": "search"}
 
-    class InputSerializer(serializers.Serializer):
+    class RadarInputSerializer(serializers.Serializer):
         documents = serializers.ListField(child=StrictCharField(allow_blank=True, trim_whitespace=False))
         query = StrictCharField(allow_blank=True, trim_whitespace=False)
         top_k = StrictIntegerField(required=False, default=5)
 
-    @extend_schema(request=InputSerializer, responses=SearchOutputSerializer)
+    @extend_schema(request=RadarInputSerializer, responses=SearchOutputSerializer)
     def post(self, request):
-        data = self.validated(self.InputSerializer)
+        data = self.validated(self.RadarInputSerializer)
         result = services.radar_search(tenant=self.tenant, documents=data["documents"], query=data["query"],
                                        top_k=data["top_k"], user=request.user, context=self.context())
         return search_response(request, result)
@@ -166,7 +167,7 @@ class KbOutputSerializer(serializers.ModelSerializer):
 class KbListApi(TenantApiView):
     capabilities = {"GET": "kb.read", "POST": "kb.manage"}
 
-    class InputSerializer(serializers.Serializer):
+    class KbCreateInputSerializer(serializers.Serializer):
         name = StrictCharField(max_length=200)
         description = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
 
@@ -174,9 +175,9 @@ class KbListApi(TenantApiView):
     def get(self, request):
         return Response({"results": KbOutputSerializer(selectors.kb_list(request._request), many=True).data})
 
-    @extend_schema(request=InputSerializer, responses={201: KbOutputSerializer})
+    @extend_schema(request=KbCreateInputSerializer, responses={201: KbOutputSerializer})
     def post(self, request):
-        data = self.validated(self.InputSerializer)
+        data = self.validated(self.KbCreateInputSerializer)
         kb = services.kb_create(tenant=self.tenant, name=data["name"], description=data["description"],
                                 user=request.user, context=self.context())
         return Response(KbOutputSerializer(kb).data, status=201)
@@ -192,6 +193,7 @@ class KbDetailApi(TenantApiView):
             raise Problem(404, f"knowledge base {kb_id} not found")
         return Response(KbOutputSerializer(kb).data)
 
+    @extend_schema(responses={204: None})
     def delete(self, request, kb_id: int):
         services.kb_delete(kb=kb_from_reference(request._request, kb_id), user=request.user,
                            context=self.context())
@@ -211,24 +213,33 @@ class DocumentOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
+class DocumentsAddedSerializer(serializers.Serializer):
+    added = serializers.IntegerField()
+    skipped_duplicates = serializers.IntegerField()
+    truncated = serializers.IntegerField()
+    kb = serializers.IntegerField()
+
+
 class DocumentListApi(TenantApiView):
     capabilities = {"GET": "kb.read", "POST": "kb.manage"}
 
-    class InputSerializer(serializers.Serializer):
+    class DocumentsAddInputSerializer(serializers.Serializer):
         documents = serializers.ListField(child=serializers.JSONField(), allow_empty=False,
                                           help_text='strings, or objects {"text": ...}')
 
-    @extend_schema(responses=DocumentOutputSerializer(many=True))
+    @extend_schema(responses=DocumentOutputSerializer(many=True), parameters=[
+        OpenApiParameter("limit", int, description="page size (default 100, at most 1000)"),
+        OpenApiParameter("offset", int)])
     def get(self, request, kb_id: int):
         kb = kb_from_reference(request._request, kb_id)
         paginator = DocumentPagination()
         page = paginator.paginate_queryset(selectors.document_list(request._request, kb), request, view=self)
         return paginator.get_paginated_response(DocumentOutputSerializer(page, many=True).data)
 
-    @extend_schema(request=InputSerializer)
+    @extend_schema(request=DocumentsAddInputSerializer, responses={201: DocumentsAddedSerializer})
     def post(self, request, kb_id: int):
         kb = kb_from_reference(request._request, kb_id)
-        data = self.validated(self.InputSerializer)
+        data = self.validated(self.DocumentsAddInputSerializer)
         entries = []
         for n, item in enumerate(data["documents"], 1):
             text = item.get("text") if isinstance(item, dict) else item
@@ -244,6 +255,7 @@ class DocumentListApi(TenantApiView):
 class DocumentDetailApi(TenantApiView):
     capabilities = {"DELETE": "kb.manage"}
 
+    @extend_schema(responses={204: None})
     def delete(self, request, kb_id: int, doc_id: int):
         kb = kb_from_reference(request._request, kb_id)
         document = selectors.document_get(request._request, kb, doc_id)
@@ -251,21 +263,41 @@ class DocumentDetailApi(TenantApiView):
         return Response(status=204)
 
 
+class EmbeddingItemSerializer(serializers.Serializer):
+    object = serializers.CharField(default="embedding")
+    index = serializers.IntegerField()
+    embedding = serializers.JSONField(help_text="list of floats, or base64 of little-endian float32")
+
+
+class UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class EmbeddingsOutputSerializer(serializers.Serializer):
+    object = serializers.CharField(default="list")
+    data = EmbeddingItemSerializer(many=True)
+    model = serializers.CharField()
+    usage = UsageSerializer()
+    truncated = serializers.ListField(child=serializers.IntegerField(), required=False,
+                                      help_text="indices of inputs cut to the model's limit")
+
+
 class EmbeddingsApi(TenantApiView):
-    """OpenAI-compatible: POST /v1/embeddings."""
+    """OpenAI-compatible embeddings: a string or a list of strings in, vectors out."""
 
     capabilities = {"POST": "search"}
 
-    class InputSerializer(serializers.Serializer):
+    class EmbeddingsInputSerializer(serializers.Serializer):
         input = serializers.JSONField(help_text="a string or a list of strings")
         model = serializers.CharField(required=False, allow_blank=True)
         dimensions = StrictIntegerField(required=False, allow_null=True, default=None)
         encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, default="float")
         user = serializers.CharField(required=False, allow_blank=True)
 
-    @extend_schema(request=InputSerializer)
+    @extend_schema(request=EmbeddingsInputSerializer, responses=EmbeddingsOutputSerializer)
     def post(self, request):
-        data = self.validated(self.InputSerializer)
+        data = self.validated(self.EmbeddingsInputSerializer)
         result, engine = services.embeddings_create(tenant=self.tenant, inputs=data["input"],
                                                     dimensions=data["dimensions"], user=request.user,
                                                     context=self.context())

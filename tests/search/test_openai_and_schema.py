@@ -61,6 +61,14 @@ def test_openapi_schema_lists_every_api_route(client, db):
     for route in ("/api/v1/search", "/api/v1/radar", "/api/v1/kbs", "/api/v1/kbs/{kb_id}",
                   "/api/v1/kbs/{kb_id}/documents", "/api/v1/kbs/{kb_id}/documents/{doc_id}", "/v1/embeddings"):
         assert route in schema["paths"], route
+    assert schema["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    def request_schema(path):
+        ref = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        return schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]
+    assert set(request_schema("/api/v1/search")) == {"kb", "query", "top_k"}
+    assert set(request_schema("/v1/embeddings")) >= {"input", "dimensions", "encoding_format"}
+    assert "EmbeddingsOutput" in str(schema["paths"]["/v1/embeddings"]["post"]["responses"]["200"])
+    assert "data" in schema["components"]["schemas"]["EmbeddingsOutput"]["properties"]
 
 
 def test_api_docs_page_uses_no_outside_assets(client, db):
