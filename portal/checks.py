@@ -17,7 +17,7 @@ def check_keys(app_configs=None, **kwargs):
 
 @checks.register(checks.Tags.security)
 def check_product_settings(app_configs=None, **kwargs):
-    errors = []
+    errors = [checks.Error(message, id="portal.E006") for message in settings.SETTINGS_ERRORS]
     mode = settings.AUDIT_QUERY_MODE
     if not (mode in ("full", "hash") or re.fullmatch(r"truncate:[1-9][0-9]*", mode)):
         errors.append(checks.Error(

@@ -6,7 +6,7 @@ from portal.services import MAX_TOKEN_DAYS
 
 
 class LoginForm(AuthenticationForm):
-    tenant = forms.SlugField(required=False, label=_("Organisation (optional)"),
+    tenant = forms.CharField(required=False, max_length=200, label=_("Organisation (optional)"),
                              help_text=_("Leave empty to use your first organisation."))
 
 

@@ -26,6 +26,19 @@ if _signing_file and not Path(_signing_file).is_absolute():
     env.ENVIRON["AUDIT_SIGNING_KEY_FILE"] = str(BASE_DIR / _signing_file)
 _KEYRING = install_keyring()
 
+# A malformed number is reported by the system checks (portal/checks.py),
+# naming the variable, instead of stopping the import with a traceback.
+SETTINGS_ERRORS: list[str] = []
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return env.int(name, default=default)
+    except ValueError:
+        SETTINGS_ERRORS.append(f"{name} must be a whole number")
+        return default
+
+
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 _secret = env.str("DJANGO_SECRET_KEY", default="")
 env.ENVIRON.pop("DJANGO_SECRET_KEY", None)
@@ -108,7 +121,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-portal.sqlite3")}
 # Keep connections across requests: reopening one (and re-running the PRAGMAs)
 # cost more than the whole query work of a search.
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=600)
+DATABASES["default"]["CONN_MAX_AGE"] = _env_int("DB_CONN_MAX_AGE", 600)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -136,7 +149,7 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 
 # Lockout after repeated failed logins (django-axes).
-AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_FAILURE_LIMIT = _env_int("AXES_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=15)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
@@ -159,7 +172,7 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("PORTAL_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = _env_int("PORTAL_MAX_BODY_BYTES", 10 * 1024 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
 
 REST_FRAMEWORK = {
@@ -188,35 +201,35 @@ SPECTACULAR_SETTINGS = {
 EMBED_MODEL_PATH = env.str("EMBED_MODEL_PATH", default=str(BASE_DIR / "model" / "demo-minilm.q3e.enc"))
 EMBED_DEVICE = env.str("EMBED_DEVICE", default="auto")
 AUDIT_QUERY_MODE = env.str("AUDIT_QUERY_MODE", default="full")
-AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
+AUDIT_RETENTION_DAYS = _env_int("AUDIT_RETENTION_DAYS", 365)
 AUDIT_JSONL_PATH = env.str("AUDIT_JSONL_PATH", default="") or None
 AUDIT_SIGNING_KEY_CONFIGURED = _KEYRING.signing_key_pem is not None
 TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
-API_TOKEN_DEFAULT_DAYS = env.int("API_TOKEN_DEFAULT_DAYS", default=90)
+API_TOKEN_DEFAULT_DAYS = _env_int("API_TOKEN_DEFAULT_DAYS", 90)
 del _KEYRING
 
 # --- audit review, checkpoints, exports, retention, SIEM mirror ---------------
 # A signed checkpoint of a chain every N events (seq % N == 0), and at the next
 # append once a worker has written none for M minutes (0 turns either off).
-AUDIT_CHECKPOINT_EVERY_EVENTS = env.int("AUDIT_CHECKPOINT_EVERY_EVENTS", default=1000)
-AUDIT_CHECKPOINT_EVERY_MINUTES = env.int("AUDIT_CHECKPOINT_EVERY_MINUTES", default=60)
+AUDIT_CHECKPOINT_EVERY_EVENTS = _env_int("AUDIT_CHECKPOINT_EVERY_EVENTS", 1000)
+AUDIT_CHECKPOINT_EVERY_MINUTES = _env_int("AUDIT_CHECKPOINT_EVERY_MINUTES", 60)
 # Where audit_archive writes its signed archives before removing events.
 AUDIT_ARCHIVE_DIR = env.str("AUDIT_ARCHIVE_DIR", default=str(BASE_DIR / "var" / "audit-archive"))
 # Longest lifetime of a presigned export URL.
-AUDIT_PRESIGN_MAX_SECONDS = env.int("AUDIT_PRESIGN_MAX_SECONDS", default=24 * 3600)
+AUDIT_PRESIGN_MAX_SECONDS = _env_int("AUDIT_PRESIGN_MAX_SECONDS", 24 * 3600)
 # The admin's change list counts at most this far ahead instead of the whole table.
 AUDIT_ADMIN_COUNT_AHEAD_PAGES = 10
 # (end of audit block)
 
 # --- search: knowledge bases, limits, throttles ------------------------------
-SEARCH_MAX_QUERY_CHARS = env.int("SEARCH_MAX_QUERY_CHARS", default=2000)
-SEARCH_MAX_TOP_K = env.int("SEARCH_MAX_TOP_K", default=50)
-RADAR_MAX_LINES = env.int("RADAR_MAX_LINES", default=2000)
-KB_MAX_UPLOAD_BYTES = env.int("KB_MAX_UPLOAD_BYTES", default=8 * 1024 * 1024)
-KB_MAX_IMPORT_ENTRIES = env.int("KB_MAX_IMPORT_ENTRIES", default=200_000)
-KB_MAX_DOCUMENT_CHARS = env.int("KB_MAX_DOCUMENT_CHARS", default=8000)
-KB_IMPORT_BATCH = env.int("KB_IMPORT_BATCH", default=64)
-EMBEDDINGS_MAX_INPUTS = env.int("EMBEDDINGS_MAX_INPUTS", default=256)
+SEARCH_MAX_QUERY_CHARS = _env_int("SEARCH_MAX_QUERY_CHARS", 2000)
+SEARCH_MAX_TOP_K = _env_int("SEARCH_MAX_TOP_K", 50)
+RADAR_MAX_LINES = _env_int("RADAR_MAX_LINES", 2000)
+KB_MAX_UPLOAD_BYTES = _env_int("KB_MAX_UPLOAD_BYTES", 8 * 1024 * 1024)
+KB_MAX_IMPORT_ENTRIES = _env_int("KB_MAX_IMPORT_ENTRIES", 200_000)
+KB_MAX_DOCUMENT_CHARS = _env_int("KB_MAX_DOCUMENT_CHARS", 8000)
+KB_IMPORT_BATCH = _env_int("KB_IMPORT_BATCH", 64)
+EMBEDDINGS_MAX_INPUTS = _env_int("EMBEDDINGS_MAX_INPUTS", 256)
 # Per token (API) and per user (session); counted in the shared cache.
 REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["search.throttles.TokenOrUserRateThrottle"]
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"token_or_user": env.str("API_THROTTLE_RATE", default="1200/min")}

@@ -1,3 +1,5 @@
+import secrets
+
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -22,7 +24,9 @@ class LoginView(auth_views.LoginView):
         slug = form.cleaned_data.get("tenant")
         response = super().form_valid(form)
         if slug:
-            tenant = next((t for t in tenants_of(self.request.user) if t.slug == slug), None)
+            wanted = slug.strip().lower()
+            tenant = next((t for t in tenants_of(self.request.user)
+                           if wanted in (t.slug.lower(), t.name.lower())), None)
             if tenant is None:
                 messages.warning(self.request, _("You are not a member of that organisation; using your first one."))
             else:
@@ -48,10 +52,17 @@ def _visible_tokens(request):
     return tokens
 
 
+TOKEN_FORM_NONCE = "token_form_nonce"
+
+
 @login_required
 def tokens_page(request):
     new_token = None
     form = TokenCreateForm(request.POST or None)
+    if request.method == "POST" and request.POST.get("nonce") != request.session.pop(TOKEN_FORM_NONCE, None):
+        # A reload of the page that showed a token re-sends its form: make no second token.
+        messages.warning(request, _("That form was already used, so no new token was created."))
+        return redirect("tokens")
     if request.method == "POST" and form.is_valid():
         if request.tenant is None:
             messages.error(request, _("You are not a member of any organisation."))
@@ -60,8 +71,10 @@ def tokens_page(request):
                 user=request.user, tenant=request.tenant, days=form.cleaned_data["days"],
                 label=form.cleaned_data["label"], context=request_context(request))
             form = TokenCreateForm()
+    request.session[TOKEN_FORM_NONCE] = secrets.token_urlsafe(16)
     return render(request, "portal/tokens.html", {
         "form": form, "new_token": new_token, "tokens": _visible_tokens(request),
+        "nonce": request.session[TOKEN_FORM_NONCE],
     }, status=400 if request.method == "POST" and form.errors else 200)
 
 

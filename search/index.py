@@ -24,6 +24,11 @@ class Hit:
     score: float
     source_line: int | None
 
+    @property
+    def bar_percent(self) -> int:
+        """Width of the score bar: cosine below 0 shows as an empty bar."""
+        return max(0, min(100, round(self.score * 100)))
+
 
 @dataclass
 class KbMatrix:

@@ -94,3 +94,11 @@ def test_parse_errors_never_contain_the_value():
     with pytest.raises(KeyConfigError) as info:
         parse_key("secretsecretsecret", name="AUDIT_HMAC_KEY")
     assert "secretsecretsecret" not in str(info.value) and "AUDIT_HMAC_KEY" in str(info.value)
+
+
+def test_a_malformed_number_stops_startup_naming_the_variable():
+    manage, wsgi = run_startup({MODEL_KEY: HEX_A, AUDIT_KEY: HEX_B, "AUDIT_RETENTION_DAYS": "abc"})
+    for result in (manage, wsgi):
+        assert result.returncode != 0
+        assert "AUDIT_RETENTION_DAYS must be a whole number" in result.stdout + result.stderr
+    assert "Traceback" not in manage.stderr

@@ -89,7 +89,8 @@ def test_token_stops_working_when_membership_ends(alice, tenants, make_token, be
 
 def test_tokens_page_shows_a_new_token_once_and_audits(alice, tenants, login):
     client = login(alice)
-    response = client.post("/tokens/", {"label": "laptop", "days": 7}, REMOTE_ADDR="192.0.2.7")
+    nonce = client.get("/tokens/").context["nonce"]
+    response = client.post("/tokens/", {"label": "laptop", "days": 7, "nonce": nonce}, REMOTE_ADDR="192.0.2.7")
     assert response.status_code == 200
     text = response.context["new_token"]
     assert text.startswith("sp_") and text in response.content.decode()
@@ -101,8 +102,18 @@ def test_tokens_page_shows_a_new_token_once_and_audits(alice, tenants, login):
 
 
 def test_tokens_page_rejects_bad_days(alice, login):
-    response = login(alice).post("/tokens/", {"label": "x", "days": 0})
+    client = login(alice)
+    nonce = client.get("/tokens/").context["nonce"]
+    response = client.post("/tokens/", {"label": "x", "days": 0, "nonce": nonce})
     assert response.status_code == 400 and ApiToken.objects.count() == 0
+
+
+def test_resubmitting_the_token_form_makes_no_second_token(alice, login):
+    client = login(alice)
+    nonce = client.get("/tokens/").context["nonce"]
+    assert client.post("/tokens/", {"label": "x", "days": 5, "nonce": nonce}).status_code == 200
+    again = client.post("/tokens/", {"label": "x", "days": 5, "nonce": nonce})
+    assert again.status_code == 302 and ApiToken.objects.count() == 1
 
 
 def test_revoke_from_page_is_audited(alice, tenants, make_token, login, bearer):

@@ -85,3 +85,24 @@ def test_a_missing_model_key_names_the_variable(tmp_path, tiny_qwen3_dir, monkey
         run("model_seal", str(tiny_qwen3_dir), str(tmp_path / "x.q3e.enc"))
     with pytest.raises(CommandError, match="EMBED_MODEL_KEY"):
         run("model_verify", str(tmp_path / "x.q3e.enc"))
+
+
+def test_model_seal_refuses_a_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CommandError, match="missing config.json, tokenizer.json, model.safetensors"):
+        call_command("model_seal", str(tmp_path), str(tmp_path / "x.q3e.enc"))
+    assert not (tmp_path / "x.q3e.enc").exists()
+
+
+def test_model_inspect_needs_no_key(sealed_minilm):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBED_MODEL_KEY", "AUDIT_HMAC_KEY"))}
+    env["PORTAL_DOTENV"] = ""
+    result = subprocess.run([sys.executable, "manage.py", "model_inspect", str(sealed_minilm)], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "k_" in result.stdout

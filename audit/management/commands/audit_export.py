@@ -30,6 +30,8 @@ class Command(BaseCommand):
         path = Path(out)
         if path.exists():
             raise CommandError(f"{path} exists; refusing to overwrite")
+        if not path.resolve().parent.is_dir():
+            raise CommandError(f"the folder of {path} does not exist")
         try:
             start_at, end_at = parse_bound(start, name="--from"), parse_bound(end, name="--to", end=True)
             events = range_events(found, start_at, end_at)

@@ -17,6 +17,14 @@ def require_model_key() -> bytes:
     return ring.model_key
 
 
+def missing_model_files(folder: Path) -> list[str]:
+    """What a folder lacks to be opened as a model: config, tokenizer, weights."""
+    missing = [name for name in ("config.json", "tokenizer.json") if not (folder / name).is_file()]
+    if not any(folder.glob("*.safetensors")) and not (folder / "pytorch_model.bin").is_file():
+        missing.append("model.safetensors (or pytorch_model.bin)")
+    return missing
+
+
 class Command(BaseCommand):
     help = (
         "Seal a model folder (config, tokenizer, pooling files, safetensors or pytorch_model.bin weights) "
@@ -47,6 +55,10 @@ class Command(BaseCommand):
             raise CommandError(f"{src} is not a file")
         if not legacy_cbc and not Path(src).is_dir():
             raise CommandError(f"{src} is not a model folder")
+        if not legacy_cbc:
+            missing = missing_model_files(Path(src))
+            if missing:
+                raise CommandError(f"{src} is not a complete model folder: missing {', '.join(missing)}")
         if config_dir and not legacy_cbc:
             raise CommandError("--config-dir only goes with --legacy-cbc")
 
