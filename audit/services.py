@@ -65,6 +65,9 @@ _TABLE = AuditEvent._meta.db_table
 _INSERT_FIELDS = [f for f in AuditEvent._meta.concrete_fields if f.attname != "id"]
 _INSERT_SQL = "INSERT INTO {} ({}) VALUES ({}) RETURNING id".format(
     _TABLE, ", ".join(f.column for f in _INSERT_FIELDS), ", ".join(["%s"] * len(_INSERT_FIELDS)))
+# Only these columns need the backend's adaptation (timestamp, JSON, inet);
+# every other value is a plain str, int, float or None.
+_ADAPTED = {"occurred_at", "detail", "client_ip"}
 _LAST_SQL = f"SELECT seq, mac FROM {_TABLE} WHERE chain = %s ORDER BY seq DESC LIMIT 1"
 
 
@@ -125,8 +128,9 @@ def record_event(*, action: str, outcome: str = Outcome.SUCCESS, tenant=None, us
             values["seq"] = last[0] + 1 if last else 1
             values["prev_hash"] = last[1] if last else GENESIS_HASH
             values["mac"] = compute_mac(key, values)
-            cursor.execute(_INSERT_SQL, [field.get_db_prep_save(values[field.attname], connection)
-                                         for field in _INSERT_FIELDS])
+            cursor.execute(_INSERT_SQL, [
+                field.get_db_prep_save(values[field.attname], connection) if field.attname in _ADAPTED
+                else values[field.attname] for field in _INSERT_FIELDS])
             values["id"] = cursor.fetchone()[0]
             if checkpoint_due(values["chain"], values["seq"]):
                 checkpoint_after_append(chain=values["chain"], tenant=tenant, seq=values["seq"],
