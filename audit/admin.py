@@ -151,7 +151,7 @@ class KnowledgeBaseFilter(ScopedChoicesFilter):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ["time", "user", "action", "outcome", "short_query", "top_score", "latency"]
+    list_display = ["time", "user", "action", "outcome", "short_query", "score", "latency"]
     list_display_links = ["time"]
     sortable_by = ["time"]
     list_filter = [DateRangeFilter, ActionFilter, "outcome", UserFilter, KnowledgeBaseFilter]
@@ -224,6 +224,10 @@ class AuditEventAdmin(admin.ModelAdmin):
         if len(event.query) <= QUERY_PREVIEW:
             return event.query
         return event.query[:QUERY_PREVIEW] + "…"
+
+    @admin.display(description=_("top score"), ordering="top_score")
+    def score(self, event):
+        return f"{event.top_score:.3f}" if event.top_score is not None else ""
 
     @admin.display(description=_("latency (ms)"))
     def latency(self, event):
