@@ -7,7 +7,8 @@ from rest_framework.views import APIView
 from audit.context import request_context
 from portal import services
 from portal.models import ApiToken
-from portal.tenancy import acting_roles, get_scoped_or_404, has_capability, scoped
+from portal.selectors import token_list
+from portal.tenancy import acting_roles, get_scoped_or_404
 
 
 class MeApi(APIView):
@@ -26,13 +27,6 @@ class MeApi(APIView):
         }).data)
 
 
-def _visible_tokens(request):
-    tokens = scoped(ApiToken.objects.select_related("user"), request._request)
-    if not has_capability(request._request, "tokens.manage"):
-        tokens = tokens.filter(user=request.user)
-    return tokens
-
-
 class TokenListApi(APIView):
     class TokenSerializer(serializers.ModelSerializer):
         user = serializers.CharField(source="user.username")
@@ -43,12 +37,12 @@ class TokenListApi(APIView):
 
     @extend_schema(responses=TokenSerializer(many=True))
     def get(self, request):
-        return Response({"results": self.TokenSerializer(_visible_tokens(request), many=True).data})
+        return Response({"results": self.TokenSerializer(token_list(request._request), many=True).data})
 
 
 class TokenDetailApi(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request, token_id: int):
-        token = get_scoped_or_404(_visible_tokens(request), request._request, pk=token_id)
+        token = get_scoped_or_404(token_list(request._request), request._request, pk=token_id)
         services.token_revoke(token=token, by_user=request.user, context=request_context(request._request))
         return Response(status=204)

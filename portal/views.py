@@ -11,9 +11,9 @@ from django.views.decorators.http import require_GET, require_POST
 from audit.context import request_context
 from portal import services
 from portal.forms import LoginForm, TokenCreateForm
-from portal.models import ApiToken, Tenant
 from portal.readiness import readiness
-from portal.tenancy import choose_tenant, get_scoped_or_404, has_capability, scoped, tenants_of
+from portal.selectors import token_list
+from portal.tenancy import choose_tenant, get_scoped_or_404, tenants_of
 
 
 class LoginView(auth_views.LoginView):
@@ -45,13 +45,6 @@ def tenant_switch(request):
     return redirect(request.POST.get("next") or "/")
 
 
-def _visible_tokens(request):
-    tokens = scoped(ApiToken.objects.select_related("user"), request)
-    if not has_capability(request, "tokens.manage"):
-        tokens = tokens.filter(user=request.user)
-    return tokens
-
-
 TOKEN_FORM_NONCE = "token_form_nonce"
 
 
@@ -73,7 +66,7 @@ def tokens_page(request):
             form = TokenCreateForm()
     request.session[TOKEN_FORM_NONCE] = secrets.token_urlsafe(16)
     return render(request, "portal/tokens.html", {
-        "form": form, "new_token": new_token, "tokens": _visible_tokens(request),
+        "form": form, "new_token": new_token, "tokens": token_list(request),
         "nonce": request.session[TOKEN_FORM_NONCE],
     }, status=400 if request.method == "POST" and form.errors else 200)
 
@@ -81,7 +74,7 @@ def tokens_page(request):
 @login_required
 @require_POST
 def token_revoke(request, token_id: int):
-    token = get_scoped_or_404(_visible_tokens(request), request, pk=token_id)
+    token = get_scoped_or_404(token_list(request), request, pk=token_id)
     services.token_revoke(token=token, by_user=request.user, context=request_context(request))
     messages.success(request, _("Token %(prefix)s… revoked.") % {"prefix": token.prefix})
     return redirect("tokens")
