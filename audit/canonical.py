@@ -17,15 +17,15 @@ def format_time(value: dt.datetime) -> str:
 
 
 def _plain(value):
+    # Called by the JSON encoder only for values it cannot write itself.
     if isinstance(value, dt.datetime):
         return format_time(value)
-    return value
+    raise TypeError(f"{value.__class__.__name__} has no canonical form")
 
 
 def canonical_bytes(fields: dict) -> bytes:
     return json.dumps(
-        {name: _plain(value) for name, value in fields.items()},
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+        fields, default=_plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
     ).encode("utf-8")
 
 

@@ -38,7 +38,9 @@ class AuditEventQuerySet(models.QuerySet):
 class AuditEvent(models.Model):
     chain = models.PositiveIntegerField(help_text="tenant id, or 0 for the platform chain")
     seq = models.PositiveBigIntegerField()
-    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # No index of its own: every (tenant, …) index below serves tenant lookups.
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                               db_index=False)
     occurred_at = models.DateTimeField()
     action = models.CharField(max_length=64)
     outcome = models.CharField(max_length=16, choices=Outcome.choices)

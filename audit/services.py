@@ -50,6 +50,7 @@ def stored_query(query: str) -> str:
     return query if len(query) <= limit else query[:limit] + "…"
 
 
+@functools.lru_cache(maxsize=1024)
 def _normalise_ip(value):
     if not value:
         return None
@@ -59,16 +60,17 @@ def _normalise_ip(value):
         return None
 
 
-# The hot path is plain SQL: the ORM's query building cost more than the
-# HMAC, the fsync and the insert together (bench/audit_append.py).
+# The hot path is plain SQL on the database driver's own cursor: the ORM's
+# query building, and even Django's cursor wrapper, cost more than the HMAC,
+# the fsync and the insert together (bench/audit_append.py).
 _TABLE = AuditEvent._meta.db_table
 _INSERT_FIELDS = [f for f in AuditEvent._meta.concrete_fields if f.attname != "id"]
-_INSERT_SQL = "INSERT INTO {} ({}) VALUES ({}) RETURNING id".format(
-    _TABLE, ", ".join(f.column for f in _INSERT_FIELDS), ", ".join(["%s"] * len(_INSERT_FIELDS)))
-# Only these columns need the backend's adaptation (timestamp, JSON, inet);
-# every other value is a plain str, int, float or None.
-_ADAPTED = {"occurred_at", "detail", "client_ip"}
-_LAST_SQL = f"SELECT seq, mac FROM {_TABLE} WHERE chain = %s ORDER BY seq DESC LIMIT 1"
+_INSERT_NAMES = [f.attname for f in _INSERT_FIELDS]
+_OCCURRED_AT, _DETAIL, _CLIENT_IP = (_INSERT_NAMES.index(name) for name in ("occurred_at", "detail", "client_ip"))
+_TEXT_FIELDS = ("username", "auth_method", "user_agent", "session_digest", "request_id",
+                "resource_type", "resource_id", "kb_name", "model_id")
+_BLANK_EVENT = {**{name: None for name in MAC_FIELDS}, **{name: "" for name in _TEXT_FIELDS}}
+_LAST_SQL = f"SELECT seq, mac FROM {_TABLE} WHERE chain = %s ORDER BY seq DESC LIMIT 1"  # Django's cursor
 
 
 def _lock_chain(chain: int) -> None:
@@ -77,6 +79,43 @@ def _lock_chain(chain: int) -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [0x61756474, chain])
+
+
+@functools.lru_cache(maxsize=4)
+def _statements(vendor: str) -> tuple[str, str]:
+    """(last-row query, insert) in the driver's placeholder style."""
+    mark = "?" if vendor == "sqlite" else "%s"
+    last = f"SELECT seq, mac FROM {_TABLE} WHERE chain = {mark} ORDER BY seq DESC LIMIT 1"
+    insert = "INSERT INTO {} ({}) VALUES ({}) RETURNING id".format(
+        _TABLE, ", ".join(f.column for f in _INSERT_FIELDS), ", ".join([mark] * len(_INSERT_FIELDS)))
+    return last, insert
+
+
+def _append(values: dict, key: bytes) -> None:
+    """Link ``values`` to its chain's head, MAC it and insert it, inside the
+    caller's transaction, under the chain lock."""
+    _lock_chain(values["chain"])
+    last_sql, insert_sql = _statements(connection.vendor)
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(last_sql, (values["chain"],))
+        last = cursor.fetchone()
+        now = dt.datetime.now(dt.timezone.utc)
+        values["occurred_at"] = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        values["seq"] = last[0] + 1 if last else 1
+        values["prev_hash"] = last[1] if last else GENESIS_HASH
+        values["mac"] = compute_mac(key, values)
+        row = [values[name] for name in _INSERT_NAMES]
+        # Only these columns need the backend's adaptation; every other value
+        # is a plain str, int, float or None.
+        ops = connection.ops
+        row[_OCCURRED_AT] = ops.adapt_datetimefield_value(values["occurred_at"])
+        row[_DETAIL] = ops.adapt_json_value(values["detail"], None)
+        row[_CLIENT_IP] = ops.adapt_ipaddressfield_value(values["client_ip"])
+        cursor.execute(insert_sql, row)
+        values["id"] = cursor.fetchone()[0]
+    finally:
+        cursor.close()
 
 
 def record_event(*, action: str, outcome: str = Outcome.SUCCESS, tenant=None, user=None,
@@ -92,12 +131,13 @@ def record_event(*, action: str, outcome: str = Outcome.SUCCESS, tenant=None, us
     if audit_key is None:
         raise AuditUnavailable("AUDIT_HMAC_KEY is not configured")
     key, current_key_id = _mac_key(audit_key)
-    values = {name: None for name in MAC_FIELDS}
-    for name in ("username", "auth_method", "user_agent", "session_digest", "request_id",
-                 "resource_type", "resource_id", "kb_name", "model_id"):
-        values[name] = ""
-    values.update(context or {})
-    values.update(fields)
+    values = dict(_BLANK_EVENT)
+    if context:
+        values.update(context)
+    if fields:
+        values.update(fields)
+    if len(values) != len(_BLANK_EVENT):
+        raise TypeError(f"unknown audit fields: {sorted(set(values) - set(_BLANK_EVENT))}")
     if user is not None and getattr(user, "is_authenticated", False):
         values["user_id"] = user.pk
         values["username"] = user.get_username()
@@ -109,29 +149,15 @@ def record_event(*, action: str, outcome: str = Outcome.SUCCESS, tenant=None, us
         query=stored_query(query),
         detail=detail or {},
         key_id=current_key_id,
-        client_ip=_normalise_ip(values.get("client_ip")),
-        user_agent=(values.get("user_agent") or "")[:512],
+        client_ip=_normalise_ip(values["client_ip"]),
+        user_agent=(values["user_agent"] or "")[:512],
     )
     for name in ("top_score", "latency_ms"):
         if values[name] is not None:
             values[name] = float(values[name])
-    unknown = set(values) - set(MAC_FIELDS)
-    if unknown:
-        raise TypeError(f"unknown audit fields: {sorted(unknown)}")
     try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            _lock_chain(values["chain"])
-            cursor.execute(_LAST_SQL, [values["chain"]])
-            last = cursor.fetchone()
-            now = dt.datetime.now(dt.timezone.utc)
-            values["occurred_at"] = now.replace(microsecond=now.microsecond // 1000 * 1000)
-            values["seq"] = last[0] + 1 if last else 1
-            values["prev_hash"] = last[1] if last else GENESIS_HASH
-            values["mac"] = compute_mac(key, values)
-            cursor.execute(_INSERT_SQL, [
-                field.get_db_prep_save(values[field.attname], connection) if field.attname in _ADAPTED
-                else values[field.attname] for field in _INSERT_FIELDS])
-            values["id"] = cursor.fetchone()[0]
+        with transaction.atomic():
+            _append(values, key)
             if checkpoint_due(values["chain"], values["seq"]):
                 checkpoint_after_append(chain=values["chain"], tenant=tenant, seq=values["seq"],
                                         head_hash=values["mac"])
