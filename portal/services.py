@@ -5,11 +5,13 @@ import datetime as dt
 import hashlib
 import secrets
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
 from audit.services import record_event
 from portal.models import ApiToken, Membership, Tenant
+from portal.rows import column_values, row_get
 
 TOKEN_PREFIX = "sp_"
 MAX_TOKEN_DAYS = 3650
@@ -61,9 +63,11 @@ def token_revoke(*, token: ApiToken, by_user, context: dict | None = None) -> Ap
 
 
 def token_authenticate(token_text: str) -> tuple[ApiToken | None, str]:
-    """The active token row for a presented token, or None and why not."""
-    row = (ApiToken.objects.select_related("user", "tenant")
-           .filter(digest=token_digest(token_text)).first())
+    """The active token row for a presented token, or None and why not.
+
+    Runs on every API request, so it reads in plain SQL (portal.rows): the
+    token, its user, its tenant and the user's roles there."""
+    row = row_get(ApiToken, digest=token_digest(token_text))
     if row is None:
         return None, "invalid token"
     if row.revoked_at is not None:
@@ -71,10 +75,14 @@ def token_authenticate(token_text: str) -> tuple[ApiToken | None, str]:
     now = timezone.now()
     if row.expires_at <= now:
         return None, "token expired"
+    user = row_get(get_user_model(), pk=row.user_id)
+    tenant = row_get(Tenant, pk=row.tenant_id)
+    if user is None or tenant is None:
+        return None, "invalid token"
+    row.user, row.tenant = user, tenant
     # The roles are read here once; the request reuses them for every capability check.
-    row.roles = frozenset(Membership.objects.filter(user_id=row.user_id, tenant_id=row.tenant_id)
-                          .values_list("role", flat=True))
-    if not row.user.is_active or not row.roles:
+    row.roles = frozenset(column_values(Membership, "role", user_id=row.user_id, tenant_id=row.tenant_id))
+    if not user.is_active or not row.roles:
         return None, "token's user is no longer a member of its tenant"
     if row.last_used_at is None or now - row.last_used_at > dt.timedelta(minutes=1):
         # At most one write a minute per token: the hot path stays read-only.

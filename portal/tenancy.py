@@ -8,6 +8,7 @@ from django.db import models
 from django.http import Http404
 
 from portal.models import Membership, Role, Tenant
+from portal.rows import row_get
 
 SESSION_TENANT_KEY = "portal_tenant_id"
 
@@ -103,6 +104,19 @@ def scoped(model_or_queryset, request) -> models.QuerySet:
     if tenant is None:
         return queryset.none()
     return queryset.filter(tenant=tenant)
+
+
+def scoped_row(model, request, **lookup):
+    """The acting tenant's one row of ``model`` matching ``lookup`` exactly, or
+    None (no tenant, no such row, or another tenant's). Plain SQL
+    (portal.rows): for the lookups on every API request."""
+    tenant = getattr(request, "tenant", None)
+    if tenant is None:
+        return None
+    row = row_get(model, tenant_id=tenant.pk, **lookup)
+    if row is not None:
+        row.tenant = tenant
+    return row
 
 
 def get_scoped_or_404(model_or_queryset, request, **lookup):

@@ -1,13 +1,14 @@
 """Reads of the search app, always scoped to the acting tenant."""
 from django.db.models import Count
 
-from portal.tenancy import get_scoped_or_404, scoped
+from portal.tenancy import get_scoped_or_404, scoped, scoped_row
 from search.models import Document, KnowledgeBase
 
 
-def kb_scoped(request):
-    """The acting tenant's knowledge bases, without counting their documents."""
-    return scoped(KnowledgeBase.objects.select_related("tenant"), request)
+def kb_by_reference(request, reference: int | str) -> KnowledgeBase | None:
+    """The acting tenant's knowledge base by id (an int) or by name (a str)."""
+    lookup = {"pk": reference} if isinstance(reference, int) else {"name": reference}
+    return scoped_row(KnowledgeBase, request, **lookup)
 
 
 def kb_list(request):
