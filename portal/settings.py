@@ -128,8 +128,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 CACHES = {
     "default": {
         # Shared by every gunicorn worker: throttles must count across them.
-        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-        "LOCATION": env.str("PORTAL_CACHE_DIR", default=str(BASE_DIR / "var" / "cache")),
+        "BACKEND": "portal.cache.SQLiteCache",
+        "LOCATION": str(Path(env.str("PORTAL_CACHE_DIR", default=str(BASE_DIR / "var" / "cache"))) / "cache.sqlite3"),
     }
 }
 

@@ -3,7 +3,11 @@ from rest_framework.throttling import SimpleRateThrottle
 
 class TokenOrUserRateThrottle(SimpleRateThrottle):
     """One budget per API token, or per user for session requests, shared by
-    every gunicorn worker through the configured cache."""
+    every gunicorn worker through the configured cache (portal.cache).
+
+    A fixed window: at most ``num_requests`` in each ``duration`` counted from
+    the epoch, one atomic ``add``/``incr`` a request. (DRF's default keeps and
+    rewrites the time of every request in the window.)"""
 
     scope = "token_or_user"
 
@@ -16,3 +20,26 @@ class TokenOrUserRateThrottle(SimpleRateThrottle):
         else:
             ident = f"ip:{self.get_ident(request)}"
         return self.cache_format % {"scope": self.scope, "ident": ident}
+
+    def allow_request(self, request, view):
+        if self.rate is None:
+            return True
+        key = self.get_cache_key(request, view)
+        if key is None:
+            return True
+        self.now = self.timer()
+        window = int(self.now // self.duration)
+        self.window_ends = (window + 1) * self.duration
+        key = f"{key}:{window}"
+        if self.cache.add(key, 1, self.duration + 1):
+            count = 1
+        else:
+            try:
+                count = self.cache.incr(key)
+            except ValueError:  # expired between the two calls: a new window
+                self.cache.set(key, 1, self.duration + 1)
+                count = 1
+        return count <= self.num_requests
+
+    def wait(self):
+        return max(0.0, self.window_ends - self.now)

@@ -137,3 +137,11 @@ def _flush_past_audit_triggers():
     BaseDatabaseOperations.execute_sql_flush = flush
     yield
     BaseDatabaseOperations.execute_sql_flush = original
+
+
+@pytest.fixture(autouse=True)
+def _empty_shared_cache():
+    """Throttle counts live in the shared cache file; every test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
