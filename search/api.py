@@ -13,11 +13,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.context import request_context
-from audit.services import AuditUnavailable
 from portal.api_errors import Problem
 from portal.tenancy import record_denial, require_capability
 from search import selectors, services
-from search.engine import EngineError, EngineUnavailable
+from search.failures import failure_status
 from search.models import KnowledgeBase
 from search.parsing import Entry
 
@@ -71,19 +70,13 @@ class TenantApiView(APIView):
 
 
 def _as_problem(exc):
+    known = failure_status(exc)
+    if known is None:
+        return exc
+    status, message = known
     if isinstance(exc, services.LimitExceeded):
-        return Problem(413 if exc.limit != "SEARCH_MAX_TOP_K" else 400, str(exc), limit=exc.limit)
-    if isinstance(exc, services.SearchInputError):
-        return Problem(400, str(exc))
-    if isinstance(exc, services.ModelMismatch):
-        return Problem(409, str(exc))
-    if isinstance(exc, AuditUnavailable):
-        return Problem(503, "The audit log cannot be written, so the request was refused. Try again later.")
-    if isinstance(exc, EngineUnavailable):
-        return Problem(503, "The embedding model is not open in this worker yet.")
-    if isinstance(exc, EngineError):
-        return Problem(503, "The embedding model is unavailable.")
-    return exc
+        return Problem(status, message, limit=exc.limit)
+    return Problem(status, message)
 
 
 def kb_from_reference(request, reference) -> KnowledgeBase:

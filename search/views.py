@@ -10,28 +10,20 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from audit.context import request_context
-from audit.services import AuditUnavailable
 from portal.api_errors import problem
 from portal.tenancy import has_capability, require_capability
 from search import selectors, services
-from search.engine import EngineError
+from search.failures import failure_status
 from search.forms import KbCreateForm, RadarForm, SearchForm, UploadForm
-from search.parsing import ImportFileError, detect_format, parse_entries
+from search.parsing import detect_format, parse_entries
 
 
 def _failure_message(exc) -> tuple[int, str]:
     """Status and message for a failure a person should see on the page."""
-    if isinstance(exc, services.LimitExceeded):
-        return 413, str(exc)
-    if isinstance(exc, (services.SearchInputError, ImportFileError)):
-        return 400, str(exc)
-    if isinstance(exc, services.ModelMismatch):
-        return 409, str(exc)
-    if isinstance(exc, AuditUnavailable):
-        return 503, _("The audit log cannot be written, so the search was refused. Try again later.")
-    if isinstance(exc, EngineError):
-        return 503, _("The search model is not available right now. Try again in a minute.")
-    raise exc
+    known = failure_status(exc)
+    if known is None:
+        raise exc
+    return known
 
 
 @login_required
