@@ -68,7 +68,14 @@ def _csv_entries(text: str) -> list[Entry]:
     if not rows:
         return []
     header = [h.strip().lower() for h in rows[0]]
-    column, start = (header.index("text"), 1) if "text" in header else (0, 0)
+    if "text" in header:
+        column, start = header.index("text"), 1
+    elif max(len(row) for row in rows) == 1:
+        column, start = 0, 0  # one column and no header: every row is an entry
+    else:
+        found = ", ".join(repr(h) for h in rows[0][:8])
+        raise ImportFileError(f'the CSV file has several columns but none is headed "text" (found {found}); '
+                              'name the column to import "text" in the first row')
     entries = []
     for n, row in enumerate(rows[start:], start + 1):
         if len(row) > column and row[column].strip():

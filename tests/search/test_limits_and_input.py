@@ -94,6 +94,7 @@ def test_oversized_body_is_413_or_400_and_stores_nothing(faq_kb, people, token_f
     ("wrong.jsonl", b'{"title": "no text"}\n', '"text"'),
     ("notes.pdf", b"%PDF-1.4", "unsupported file type"),
     ("empty.txt", b"\n\n", "no entries"),
+    ("qa.csv", b"question,answer\nWhere is the VPN guide?,On the intranet\n", 'none is headed "text"'),
 ])
 def test_upload_rejects_malformed_files_and_stores_nothing(faq_kb, people, client, name, data, words):
     from django.core.files.uploadedfile import SimpleUploadedFile
@@ -104,6 +105,16 @@ def test_upload_rejects_malformed_files_and_stores_nothing(faq_kb, people, clien
     assert response.status_code == 400
     assert words in response.json()["detail"]
     assert faq_kb.documents.count() == 60 and AuditEvent.objects.count() == before
+
+
+def test_csv_columns():
+    from search.parsing import parse_entries
+
+    def texts(data):
+        return [(e.line, e.text) for e in parse_entries(data, "csv", max_entries=100, max_chars=100)]
+
+    assert texts(b"id,text\n1,First entry\n2,Second\n") == [(2, "First entry"), (3, "Second")]
+    assert texts(b"First entry\nSecond\n") == [(1, "First entry"), (2, "Second")]  # one column, no header
 
 
 def test_upload_over_the_size_limit(faq_kb, people, client, settings):
