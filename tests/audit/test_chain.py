@@ -197,3 +197,36 @@ def test_concurrent_appends_never_share_a_predecessor(tenants):
     assert seqs == list(range(1, 1601))
     report = verify_chain(tenants["acme"].pk)
     assert report.ok and report.events == 1600
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_append_outside_any_transaction_leaves_nothing_open(tenants):
+    # Outside an atomic block (a request, a command) SQLite appends run their
+    # own BEGIN IMMEDIATE … COMMIT; a refused insert must roll that back.
+    from audit.services import AuditUnavailable
+
+    first = record_event(action="auth.login", tenant=tenants["acme"])
+    assert not connection.in_atomic_block
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("""CREATE TRIGGER refuse_audit_insert BEFORE INSERT ON audit_auditevent
+                              BEGIN SELECT RAISE(ABORT, 'disk full'); END""")
+        else:
+            cursor.execute("""CREATE FUNCTION refuse_audit_insert() RETURNS trigger AS $$
+                              BEGIN RAISE EXCEPTION 'disk full'; END; $$ LANGUAGE plpgsql""")
+            cursor.execute("""CREATE TRIGGER refuse_audit_insert BEFORE INSERT ON audit_auditevent
+                              FOR EACH ROW EXECUTE FUNCTION refuse_audit_insert()""")
+    try:
+        with pytest.raises(AuditUnavailable):
+            record_event(action="auth.login", tenant=tenants["acme"])
+        assert connection.get_autocommit() and not connection.in_atomic_block
+        if connection.vendor == "sqlite":
+            assert not connection.connection.in_transaction
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER refuse_audit_insert" + ("" if connection.vendor == "sqlite"
+                                                                 else " ON audit_auditevent"))
+            if connection.vendor != "sqlite":
+                cursor.execute("DROP FUNCTION refuse_audit_insert()")
+    second = record_event(action="auth.login", tenant=tenants["acme"])
+    assert second.seq == first.seq + 1 and verify_chain(tenants["acme"].pk).ok
