@@ -24,7 +24,8 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def bench_service(db_path: Path, count: int):
+def service_appender():
+    """A function that appends one event with the real record_event."""
     import django
     from django.core.management import call_command
 
@@ -36,21 +37,16 @@ def bench_service(db_path: Path, count: int):
     tenant = Tenant.objects.create(slug="bench", name="Bench")
     context = {"client_ip": "10.0.0.7", "user_agent": "bench/1.0", "request_id": "0" * 32,
                "auth_method": "token", "token_id": 1}
-    for _ in range(50):  # warm-up
-        record_event(action="search.completed", tenant=tenant, context=context)
-    latencies = []
-    started = time.perf_counter()
-    for i in range(count):
-        t0 = time.perf_counter()
+
+    def append(i):
         record_event(action="search.completed", tenant=tenant, context=context, query=f"how do I reset my password {i}",
                      kb_id=1, kb_name="IT FAQ", kb_lines=60, result_count=5, top_score=0.83,
                      latency_ms=4.2, model_id="sentence-transformers/all-MiniLM-L6-v2")
-        latencies.append(time.perf_counter() - t0)
-    total = time.perf_counter() - started
-    return latencies, total
+    return append
 
 
-def bench_raw(db_path: Path, count: int):
+def raw_appender(db_path: Path):
+    """The floor: a plain sqlite3 insert + commit of the same row."""
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -58,25 +54,21 @@ def bench_raw(db_path: Path, count: int):
         outcome TEXT, username TEXT, client_ip TEXT, user_agent TEXT, request_id TEXT, query TEXT, kb_id INT,
         kb_name TEXT, kb_lines INT, result_count INT, top_score REAL, latency_ms REAL, model_id TEXT,
         key_id TEXT, prev_hash TEXT, mac TEXT, UNIQUE(chain, seq))""")
-    latencies = []
-    started = time.perf_counter()
-    for i in range(count):
-        t0 = time.perf_counter()
+
+    def append(i):
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("INSERT INTO ev VALUES (NULL,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (
             1, i + 1, dt.datetime.now(dt.timezone.utc).isoformat(), "search.completed", "success", "alice",
             "10.0.0.7", "bench/1.0", "0" * 32, f"how do I reset my password {i}", 1, "IT FAQ", 60, 5, 0.83,
             4.2, "sentence-transformers/all-MiniLM-L6-v2", "k_0123456789abcdef", "0" * 64, "f" * 64))
         conn.execute("COMMIT")
-        latencies.append(time.perf_counter() - t0)
-    total = time.perf_counter() - started
-    conn.close()
-    return latencies, total
+    return append
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     os.environ.update(
@@ -84,25 +76,42 @@ def main():
         DATABASE_URL=f"sqlite:///{workdir / 'portal.sqlite3'}",
         EMBED_MODEL_KEY=secrets.token_hex(32), AUDIT_HMAC_KEY=secrets.token_hex(32),
     )
-    raw_lat, raw_total = bench_raw(workdir / "raw.sqlite3", args.events)
-    svc_lat, svc_total = bench_service(workdir / "portal.sqlite3", args.events)
-    rows = []
-    for name, lat, total in (("raw sqlite3 insert + commit (floor)", raw_lat, raw_total),
-                             ("record_event (canonical JSON, HMAC, chain lookup, insert, commit)", svc_lat, svc_total)):
-        rows.append((name, args.events / total, statistics.median(lat) * 1e3, percentile(lat, 0.99) * 1e3))
-    ratio = rows[1][2] / rows[0][2]
+    appenders = {"raw": raw_appender(workdir / "raw.sqlite3"), "service": service_appender()}
+    for i in range(50):  # warm-up
+        for append in appenders.values():
+            append(-1 - i)
+    rounds = []
+    for r in range(args.rounds):
+        latencies = {"raw": [], "service": []}
+        for i in range(args.events):
+            # Alternating, so the host's noise (its fsync above all) hits both alike.
+            for name in (("raw", "service") if i % 2 else ("service", "raw")):
+                t0 = time.perf_counter()
+                appenders[name](r * args.events + i)
+                latencies[name].append(time.perf_counter() - t0)
+        rounds.append({name: (len(lat) / sum(lat), statistics.median(lat) * 1e3, percentile(lat, 0.99) * 1e3)
+                       for name, lat in latencies.items()})
+    # The round with the median record_event p50 is the result; every round is listed.
+    middle = sorted(rounds, key=lambda result: result["service"][1])[len(rounds) // 2]
+    eps, p50, _ = middle["service"]
+    names = {"raw": "raw sqlite3 insert + commit (floor)",
+             "service": "record_event (canonical JSON, HMAC, chain lookup, insert, commit)"}
     lines = [
         "## Audit append (`bench/audit_append.py`)",
         "",
-        f"SQLite, WAL, synchronous=FULL, one process, {args.events} events; "
-        f"run {dt.date.today().isoformat()} with `.venv/bin/python bench/audit_append.py --events {args.events}`.",
+        f"SQLite, WAL, synchronous=FULL, one process; {args.rounds} rounds of {args.events} events per case, the two "
+        f"cases alternating event by event (events/s = events ÷ the sum of their latencies); "
+        f"run {dt.date.today().isoformat()} with `.venv/bin/python bench/audit_append.py --events {args.events} "
+        f"--rounds {args.rounds}`.",
         "",
-        "| case | events/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|",
-        *[f"| {name} | {eps:,.0f} | {p50:.3f} | {p99:.3f} |" for name, eps, p50, p99 in rows],
+        "| round | case | events/s | p50 ms | p99 ms |",
+        "|---:|---|---:|---:|---:|",
+        *[f"| {n} | {names[key]} | {result[key][0]:,.0f} | {result[key][1]:.3f} | {result[key][2]:.3f} |"
+          for n, result in enumerate(rounds, 1) for key in ("raw", "service")],
         "",
-        f"record_event p50 / floor p50 = {ratio:.1f}×. Targets: p50 ≤ 0.5 ms and ≥ 2,000 events/s — "
-        f"{'met' if rows[1][2] <= 0.5 and rows[1][1] >= 2000 else 'NOT met'}.",
+        f"Median round: record_event p50 {p50:.3f} ms, {eps:,.0f} events/s, "
+        f"{p50 / middle['raw'][1]:.1f}× the floor's p50. Targets: p50 ≤ 0.5 ms and ≥ 2,000 events/s — "
+        f"{'met' if p50 <= 0.5 and eps >= 2000 else 'NOT met'}.",
     ]
     text = "\n".join(lines)
     print(text)
