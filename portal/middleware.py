@@ -1,6 +1,8 @@
 import re
 import uuid
 
+from django.conf import settings
+
 from portal.request_context import client_ip
 from portal.tenancy import session_tenant
 
@@ -8,7 +10,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 
 
 class RequestContextMiddleware:
-    """A request id (echoed in X-Request-ID) and the client IP for every request."""
+    """A request id (echoed in X-Request-ID) and the client IP for every
+    request; the Content-Security-Policy on every response."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -18,6 +21,7 @@ class RequestContextMiddleware:
         request.client_ip = client_ip(request.META)
         response = self.get_response(request)
         response["X-Request-ID"] = request.request_id
+        response.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
         return response
 
 
