@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit.checkpoints import SigningUnavailable, checkpoint_create, checkpoint_document
 from audit.verify import chains
+from portal.cli import tenant_from_option
 from portal.models import Tenant
 
 
@@ -20,9 +21,7 @@ class Command(BaseCommand):
         if out and not tenant:
             raise CommandError("--out needs --tenant: a checkpoint file holds one chain")
         if tenant:
-            found = Tenant.objects.filter(slug=tenant).first()
-            if found is None:
-                raise CommandError(f"no tenant with slug {tenant!r}")
+            found = tenant_from_option(tenant)
             targets = [(found.pk, found)]
         else:
             tenants = {t.pk: t for t in Tenant.objects.all()}

@@ -7,7 +7,7 @@ from audit.checkpoints import SigningUnavailable
 from audit.context import command_context
 from audit.export import ExportError, parse_bound, range_events
 from keystore.envelope import EnvelopeError
-from portal.models import Tenant
+from portal.cli import tenant_from_option
 
 
 class Command(BaseCommand):
@@ -22,9 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--recipient", help="X25519 public key (base64 or PEM, or a file holding it)")
 
     def handle(self, *args, tenant, start, end, out, recipient=None, **options):
-        found = Tenant.objects.filter(slug=tenant).first()
-        if found is None:
-            raise CommandError(f"no tenant with slug {tenant!r}")
+        found = tenant_from_option(tenant)
         if recipient and Path(recipient).is_file():
             recipient = Path(recipient).read_text()
         path = Path(out)

@@ -6,7 +6,7 @@ from audit.checkpoints import (
     CheckpointFileError, SigningUnavailable, check_chain_against_checkpoint, parse_checkpoint_document,
 )
 from audit.verify import chains, verify_chain
-from portal.models import Tenant
+from portal.cli import tenant_from_option
 
 
 class Command(BaseCommand):
@@ -20,9 +20,7 @@ class Command(BaseCommand):
     def handle(self, *args, tenant=None, checkpoint=None, **options):
         held = self._read_checkpoint(checkpoint) if checkpoint else None
         if tenant:
-            found = Tenant.objects.filter(slug=tenant).first()
-            if found is None:
-                raise CommandError(f"no tenant with slug {tenant!r}")
+            found = tenant_from_option(tenant)
             to_check = [found.pk]
         else:
             to_check = chains()

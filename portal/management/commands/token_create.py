@@ -2,7 +2,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from audit.context import command_context
-from portal.models import Tenant
+from portal.cli import tenant_from_option
 from portal.services import token_create
 
 
@@ -19,9 +19,7 @@ class Command(BaseCommand):
         account = get_user_model().objects.filter(username=user).first()
         if account is None:
             raise CommandError(f"no user named {user!r}")
-        found = Tenant.objects.filter(slug=tenant).first()
-        if found is None:
-            raise CommandError(f"no tenant with slug {tenant!r}")
+        found = tenant_from_option(tenant)
         try:
             row, text = token_create(user=account, tenant=found, days=days, label=label,
                                      context=command_context("token_create"))

@@ -7,7 +7,7 @@ from tqdm import tqdm
 from audit.context import command_context
 from audit.services import AuditUnavailable
 from keystore.keys import get_keyring
-from portal.models import Tenant
+from portal.cli import tenant_from_option
 from search.engine import EngineError, EngineUnavailable, get_engine, open_engine
 from search.models import KnowledgeBase
 from search.parsing import ImportFileError, detect_format, parse_entries
@@ -24,9 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("file")
 
     def handle(self, *args, tenant, kb, file, format=None, **options):
-        found = Tenant.objects.filter(slug=tenant).first()
-        if found is None:
-            raise CommandError(f"no tenant with slug {tenant!r}")
+        found = tenant_from_option(tenant)
         path = Path(file)
         if not path.is_file():
             raise CommandError(f"{file}: no such file")
