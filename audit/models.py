@@ -36,36 +36,36 @@ class AuditEventQuerySet(models.QuerySet):
 
 
 class AuditEvent(models.Model):
-    chain = models.PositiveIntegerField(help_text="tenant id, or 0 for the platform chain")
-    seq = models.PositiveBigIntegerField()
+    chain = models.PositiveIntegerField(_("chain"), help_text=_("organisation id, or 0 for the platform chain"))
+    seq = models.PositiveBigIntegerField(_("sequence number"))
     # No index of its own: every (tenant, …) index below serves tenant lookups.
     tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
-                               db_index=False)
-    occurred_at = models.DateTimeField()
-    action = models.CharField(max_length=64)
-    outcome = models.CharField(max_length=16, choices=Outcome.choices)
-    user_id = models.BigIntegerField(null=True, blank=True)
-    username = models.CharField(max_length=150, blank=True)
-    auth_method = models.CharField(max_length=16, blank=True)
-    token_id = models.BigIntegerField(null=True, blank=True)
-    client_ip = models.GenericIPAddressField(null=True, blank=True)
-    user_agent = models.CharField(max_length=512, blank=True)
-    session_digest = models.CharField(max_length=64, blank=True)
-    request_id = models.CharField(max_length=64, blank=True)
-    resource_type = models.CharField(max_length=64, blank=True)
-    resource_id = models.CharField(max_length=128, blank=True)
-    query = models.TextField(blank=True)
-    kb_id = models.BigIntegerField(null=True, blank=True)
-    kb_name = models.CharField(max_length=200, blank=True)
-    kb_lines = models.IntegerField(null=True, blank=True)
-    result_count = models.IntegerField(null=True, blank=True)
-    top_score = models.FloatField(null=True, blank=True)
-    latency_ms = models.FloatField(null=True, blank=True)
-    model_id = models.CharField(max_length=200, blank=True)
-    detail = models.JSONField(default=dict, blank=True)
-    key_id = models.CharField(max_length=32)
-    prev_hash = models.CharField(max_length=64)
-    mac = models.CharField(max_length=64)
+                               db_index=False, verbose_name=_("organisation"))
+    occurred_at = models.DateTimeField(_("time (UTC)"))
+    action = models.CharField(_("action"), max_length=64)
+    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
+    user_id = models.BigIntegerField(_("user id"), null=True, blank=True)
+    username = models.CharField(_("username"), max_length=150, blank=True)
+    auth_method = models.CharField(_("signed in with"), max_length=16, blank=True)
+    token_id = models.BigIntegerField(_("token id"), null=True, blank=True)
+    client_ip = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
+    user_agent = models.CharField(_("browser or program"), max_length=512, blank=True)
+    session_digest = models.CharField(_("session digest"), max_length=64, blank=True)
+    request_id = models.CharField(_("request id"), max_length=64, blank=True)
+    resource_type = models.CharField(_("resource type"), max_length=64, blank=True)
+    resource_id = models.CharField(_("resource id"), max_length=128, blank=True)
+    query = models.TextField(_("query"), blank=True)
+    kb_id = models.BigIntegerField(_("knowledge base id"), null=True, blank=True)
+    kb_name = models.CharField(_("knowledge base"), max_length=200, blank=True)
+    kb_lines = models.IntegerField(_("entries in the knowledge base"), null=True, blank=True)
+    result_count = models.IntegerField(_("results"), null=True, blank=True)
+    top_score = models.FloatField(_("top score"), null=True, blank=True)
+    latency_ms = models.FloatField(_("latency (ms)"), null=True, blank=True)
+    model_id = models.CharField(_("model"), max_length=200, blank=True)
+    detail = models.JSONField(_("detail"), default=dict, blank=True)
+    key_id = models.CharField(_("key id"), max_length=32)
+    prev_hash = models.CharField(_("previous event's HMAC"), max_length=64)
+    mac = models.CharField(_("HMAC"), max_length=64)
 
     objects = AuditEventQuerySet.as_manager()
 
@@ -82,6 +82,8 @@ class AuditEvent(models.Model):
             models.Index(fields=["tenant", "client_ip"], name="audit_tenant_ip"),
         ]
         ordering = ["-occurred_at", "-id"]
+        verbose_name = _("audit event")
+        verbose_name_plural = _("audit events")
 
     def __str__(self):
         return f"{self.chain}#{self.seq} {self.action} {self.outcome}"

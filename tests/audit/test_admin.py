@@ -85,6 +85,21 @@ def test_detail_shows_every_field_and_that_mac_and_link_verify(searches, people,
     assert "HMAC verifies" in body and f"links to seq {event.seq - 1}" in body
 
 
+def test_detail_labels_are_chinese_when_the_browser_asks(searches, people, login):
+    from django.utils import translation
+
+    client = login(people["officer"])
+    body = client.get(detail(searches["acme"][1]), HTTP_ACCEPT_LANGUAGE="zh-CN,zh;q=0.9").content.decode()
+    with translation.override("zh-hans"):
+        for field in AuditEvent._meta.concrete_fields:
+            if field.attname in ("id", "mac"):
+                continue
+            label = str(field.verbose_name)
+            assert re.search(r"[\u4e00-\u9fff]", label), f"{field.attname} has no Chinese label: {label!r}"
+            assert label[:1].upper() + label[1:] in body, label
+    assert "机构编号；平台链为 0" in body
+
+
 def test_detail_shows_a_tampered_event(searches, people, login):
     event = searches["acme"][1]
     drop_triggers()
