@@ -120,12 +120,23 @@ class ScopedChoicesFilter(admin.SimpleListFilter):
         value = self.value()
         if value in (None, ""):
             return queryset
-        if self.column in ("user_id", "kb_id"):
+        if self.column in ("user_id", "kb_id", "tenant_id"):
             try:
                 value = int(value)
             except ValueError:
                 raise IncorrectLookupParameters(f"{self.parameter_name} must be a number") from None
         return queryset.filter(**{self.column: value})
+
+
+class OrganisationFilter(ScopedChoicesFilter):
+    """Shown to those who review more than one organisation (and superusers):
+    the way to narrow the list, and the export, to one chain."""
+
+    title, parameter_name, column = _("organisation"), "organisation", "tenant_id"
+
+    def lookups(self, request, model_admin):
+        tenants = selectors.reviewable_tenants(request.user)
+        return [(str(t.pk), t.name) for t in tenants] if len(tenants) > 1 else []
 
 
 class ActionFilter(ScopedChoicesFilter):
@@ -154,7 +165,7 @@ class AuditEventAdmin(admin.ModelAdmin):
     list_display = ["time", "user", "action", "outcome", "short_query", "score", "latency"]
     list_display_links = ["time"]
     sortable_by = ["time"]
-    list_filter = [DateRangeFilter, ActionFilter, "outcome", UserFilter, KnowledgeBaseFilter]
+    list_filter = [OrganisationFilter, DateRangeFilter, ActionFilter, "outcome", UserFilter, KnowledgeBaseFilter]
     search_fields = ["query", "username", "client_ip", "request_id"]
     search_help_text = _("Query text, username, IP address or request id")
     show_full_result_count = False
@@ -274,7 +285,7 @@ class AuditEventAdmin(admin.ModelAdmin):
     def export_signed_bundle(self, request, queryset):
         chains = list(queryset.order_by().values_list("tenant_id", flat=True).distinct()[:2])
         if len(chains) != 1 or chains[0] is None:
-            self.message_user(request, _("Export the events of one tenant at a time (filter by tenant first)."),
+            self.message_user(request, _("Export the events of one organisation at a time (filter by organisation first)."),
                               messages.ERROR)
             return None
         tenant = Tenant.objects.get(pk=chains[0])

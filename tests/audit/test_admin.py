@@ -1,6 +1,7 @@
 """Audit review in the admin: scoped by the compliance role, read-only, audited, exportable."""
 import datetime as dt
 import io
+import json
 import re
 import zipfile
 
@@ -189,6 +190,32 @@ def test_export_action_without_a_key_says_which_variable(searches, people, login
     response = client.post(LIST, {"action": "export_signed_bundle", "index": 0,
                                   "_selected_action": [searches["acme"][0].pk]}, follow=True)
     assert b"AUDIT_SIGNING_KEY_FILE" in response.content
+
+
+def test_officer_of_two_organisations_filters_and_exports_one(searches, people, tenants, login, signing_key):
+    from portal.models import Membership
+
+    Membership.objects.create(user=people["officer"], tenant=tenants["globex"], role="compliance")
+    client = login(people["officer"])
+    body = client.get(LIST).content.decode()
+    assert "globex-secret merger" in body and "acme vpn" in body
+    assert f"?organisation={tenants['globex'].pk}" in body
+    everything = {"action": "export_signed_bundle", "index": 0, "select_across": "1",
+                  "_selected_action": [searches["acme"][0].pk]}
+    refused = client.post(LIST, everything, follow=True).content.decode()
+    assert "one organisation at a time" in refused
+    globex_only = f"{LIST}?organisation={tenants['globex'].pk}"
+    listed = client.get(globex_only).content.decode()
+    assert "globex-secret merger" in listed and "acme vpn" not in listed
+    response = client.post(globex_only, everything)
+    events = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).read("events.jsonl").decode()
+    rows = [json.loads(line) for line in events.splitlines()]
+    assert {row["tenant_id"] for row in rows} == {tenants["globex"].pk}  # its searches and the views just made
+    assert sum(row["action"] == "search.completed" for row in rows) == len(searches["globex"])
+
+
+def test_officer_of_one_organisation_gets_no_organisation_filter(searches, people, login):
+    assert "?organisation=" not in login(people["officer"]).get(LIST).content.decode()
 
 
 def test_superuser_sees_every_tenant(searches, login, django_user_model):
