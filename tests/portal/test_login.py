@@ -51,6 +51,19 @@ def test_failed_login_is_recorded_without_the_password(client, alice):
     assert "wrong-password-123" not in str(vars(event))
 
 
+def test_failed_login_goes_to_the_chains_of_the_accounts_organisations(client, alice, tenants, make_user):
+    from portal.models import Membership
+
+    Membership.objects.create(user=alice, tenant=tenants["globex"], role="searcher")
+    client.post("/accounts/login/", {"username": "alice", "password": "wrong-password-123"})
+    events = AuditEvent.objects.filter(action="auth.login_failed").order_by("chain")
+    assert [(e.tenant, e.user_id, e.username) for e in events] == [
+        (tenants["acme"], alice.pk, "alice"), (tenants["globex"], alice.pk, "alice")]
+    client.post("/accounts/login/", {"username": "mallory", "password": "wrong-password-123"})
+    stranger = AuditEvent.objects.get(action="auth.login_failed", username="mallory")
+    assert (stranger.tenant, stranger.chain, stranger.user_id) == (None, 0, None)
+
+
 def test_repeated_failures_lock_the_account(client, alice, settings):
     for _ in range(settings.AXES_FAILURE_LIMIT):
         client.post("/accounts/login/", {"username": "alice", "password": "wrong-password-123"})
