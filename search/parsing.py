@@ -6,6 +6,8 @@ import io
 import json
 from dataclasses import dataclass
 
+from django.utils.translation import gettext as _
+
 FORMATS = ("txt", "csv", "jsonl")
 
 
@@ -24,7 +26,8 @@ def detect_format(filename: str) -> str:
     for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".csv", "csv"), (".txt", "txt"), (".text", "txt")):
         if name.endswith(ext):
             return fmt
-    raise ImportFileError(f"unsupported file type {filename!r}: use .txt (one entry a line), .csv or .jsonl")
+    raise ImportFileError(_("unsupported file type %(name)s: use .txt (one entry a line), .csv or .jsonl")
+                          % {"name": repr(filename)})
 
 
 def decode_utf8(data: bytes) -> str:
@@ -32,10 +35,10 @@ def decode_utf8(data: bytes) -> str:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ImportFileError(f"the file is not UTF-8 text (invalid byte at line {line}); "
-                              "save it as UTF-8 and try again") from None
+        raise ImportFileError(_("the file is not UTF-8 text (invalid byte at line %(line)d); "
+                                "save it as UTF-8 and try again") % {"line": line}) from None
     if "\x00" in text:
-        raise ImportFileError("the file contains NUL bytes: it looks binary, not text")
+        raise ImportFileError(_("the file contains NUL bytes: it looks binary, not text"))
     return text
 
 
@@ -50,13 +53,14 @@ def parse_entries(data: bytes, fmt: str, *, max_entries: int, max_chars: int) ->
     else:
         raise ImportFileError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     if not entries:
-        raise ImportFileError("the file holds no entries")
+        raise ImportFileError(_("the file holds no entries"))
     if len(entries) > max_entries:
-        raise ImportFileError(f"the file holds {len(entries)} entries; the limit is {max_entries} per import")
+        raise ImportFileError(_("the file holds %(count)d entries; the limit is %(limit)d per import")
+                              % {"count": len(entries), "limit": max_entries})
     for entry in entries:
         if len(entry.text) > max_chars:
-            raise ImportFileError(f"entry at line {entry.line} is {len(entry.text)} characters; "
-                                  f"the limit is {max_chars}")
+            raise ImportFileError(_("entry at line %(line)d is %(chars)d characters; the limit is %(limit)d")
+                                  % {"line": entry.line, "chars": len(entry.text), "limit": max_chars})
     return entries
 
 
@@ -64,7 +68,7 @@ def _csv_entries(text: str) -> list[Entry]:
     try:
         rows = list(csv.reader(io.StringIO(text)))
     except csv.Error as exc:
-        raise ImportFileError(f"the CSV file is malformed: {exc}") from None
+        raise ImportFileError(_("the CSV file is malformed: %(error)s") % {"error": exc}) from None
     if not rows:
         return []
     header = [h.strip().lower() for h in rows[0]]
@@ -74,8 +78,8 @@ def _csv_entries(text: str) -> list[Entry]:
         column, start = 0, 0  # one column and no header: every row is an entry
     else:
         found = ", ".join(repr(h) for h in rows[0][:8])
-        raise ImportFileError(f'the CSV file has several columns but none is headed "text" (found {found}); '
-                              'name the column to import "text" in the first row')
+        raise ImportFileError(_('the CSV file has several columns but none is headed "text" (found %(found)s); '
+                                'name the column to import "text" in the first row') % {"found": found})
     entries = []
     for n, row in enumerate(rows[start:], start + 1):
         if len(row) > column and row[column].strip():
@@ -91,10 +95,11 @@ def _jsonl_entries(text: str) -> list[Entry]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ImportFileError(f"line {n} is not valid JSON ({exc.msg})") from None
+            raise ImportFileError(_("line %(line)d is not valid JSON (%(error)s)") % {"line": n, "error": exc.msg}) from None
         if isinstance(value, dict):
             value = value.get("text")
         if not isinstance(value, str) or not value.strip():
-            raise ImportFileError(f'line {n} must be a string or an object with a non-empty "text" string')
+            raise ImportFileError(_('line %(line)d must be a string or an object with a non-empty "text" string')
+                                  % {"line": n})
         entries.append(Entry(n, value.strip()))
     return entries

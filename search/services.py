@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils.translation import gettext as _
 
 from audit.models import Outcome
 from audit.services import record_event
@@ -80,9 +81,9 @@ def check_top_k(top_k_value) -> int:
 def kb_create(*, tenant, name: str, description: str = "", user, context: dict | None = None) -> KnowledgeBase:
     name = (name or "").strip()
     if not name:
-        raise SearchInputError("name is empty")
+        raise SearchInputError(_("name is empty"))
     if len(name) > 200:
-        raise LimitExceeded("name", "name is longer than 200 characters")
+        raise LimitExceeded("name", _("name is longer than 200 characters"))
     try:
         with transaction.atomic():
             kb = KnowledgeBase.objects.create(tenant=tenant, name=name, description=description[:500],
@@ -90,7 +91,7 @@ def kb_create(*, tenant, name: str, description: str = "", user, context: dict |
             record_event(action="kb.create", tenant=tenant, user=user, context=context,
                          resource_type="knowledge_base", resource_id=str(kb.pk), kb_id=kb.pk, kb_name=kb.name)
     except IntegrityError:
-        raise SearchInputError(f"a knowledge base named {name!r} already exists") from None
+        raise SearchInputError(_("a knowledge base named %(name)s already exists") % {"name": repr(name)}) from None
     return kb
 
 

@@ -107,6 +107,17 @@ def test_upload_rejects_malformed_files_and_stores_nothing(faq_kb, people, clien
     assert faq_kb.documents.count() == 60 and AuditEvent.objects.count() == before
 
 
+def test_upload_error_speaks_the_page_language(faq_kb, people, client):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(people["carol"])
+    response = client.post(f"/kbs/{faq_kb.pk}/upload/",
+                           {"file": SimpleUploadedFile("latin1.txt", "caf\xe9 au lait\n".encode("latin-1"))},
+                           HTTP_ACCEPT_LANGUAGE="zh-CN,zh;q=0.9")
+    assert response.status_code == 400
+    assert response.json()["detail"] == "文件不是 UTF-8 文本（第 1 行有无效字节）；请另存为 UTF-8 后重试"
+
+
 def test_csv_columns():
     from search.parsing import parse_entries
 
