@@ -72,7 +72,7 @@ _OCCURRED_AT, _DETAIL, _CLIENT_IP = (_INSERT_NAMES.index(name) for name in ("occ
 _TEXT_FIELDS = ("username", "auth_method", "user_agent", "session_digest", "request_id",
                 "resource_type", "resource_id", "kb_name", "model_id")
 _BLANK_EVENT = {**{name: None for name in MAC_FIELDS}, **{name: "" for name in _TEXT_FIELDS}}
-_LAST_SQL = f"SELECT seq, mac FROM {_TABLE} WHERE chain = %s ORDER BY seq DESC LIMIT 1"  # Django's cursor
+_LAST_SQL = f"SELECT seq, mac FROM {_TABLE} WHERE chain = %s ORDER BY seq DESC LIMIT 1"
 
 
 def _lock_chain(chain: int) -> None:
@@ -87,7 +87,7 @@ def _lock_chain(chain: int) -> None:
 def _statements(vendor: str) -> tuple[str, str]:
     """(last-row query, insert) in the driver's placeholder style."""
     mark = "?" if vendor == "sqlite" else "%s"
-    last = f"SELECT seq, mac FROM {_TABLE} WHERE chain = {mark} ORDER BY seq DESC LIMIT 1"
+    last = _LAST_SQL.replace("%s", mark)
     insert = "INSERT INTO {} ({}) VALUES ({}) RETURNING id".format(
         _TABLE, ", ".join(f.column for f in _INSERT_FIELDS), ", ".join([mark] * len(_INSERT_FIELDS)))
     return last, insert

@@ -75,7 +75,8 @@ class SQLiteCache(BaseCache):
         key = self.make_and_validate_key(key, version=version)
         cursor = self._db().execute(
             "INSERT INTO cache (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
-            "SET value = excluded.value, expires = excluded.expires WHERE NOT " + _LIVE.replace("expires", "cache.expires"),
+            "SET value = excluded.value, expires = excluded.expires "
+            "WHERE cache.expires IS NOT NULL AND cache.expires <= ?",  # only over an expired entry
             (key, self._dump(value), self.get_backend_timeout(timeout), time.time()))
         self._wrote()
         return cursor.rowcount == 1

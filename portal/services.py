@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from audit.models import Outcome
 from audit.services import record_event
 from portal.models import ApiToken, Membership, Tenant
 from portal.rows import column_values, row_get
@@ -29,6 +30,21 @@ def tenant_create(*, slug: str, name: str) -> Tenant:
 def membership_grant(*, user, tenant: Tenant, role: str) -> Membership:
     membership, _ = Membership.objects.get_or_create(user=user, tenant=tenant, role=role)
     return membership
+
+
+def login_failure_record(*, username: str, locked_out: bool, context: dict) -> None:
+    """Audit a failed login in the chain of each organisation the named account
+    belongs to, so its compliance officers see attempts on their people (user
+    id = that account); in the platform chain when the name matches no member.
+    The same single query runs whether or not the account exists."""
+    username = username[:150]
+    memberships = list(Membership.objects.filter(user__username=username).select_related("tenant")
+                       .order_by("tenant__slug"))
+    tenants = list({m.tenant_id: m.tenant for m in memberships}.values()) or [None]
+    for tenant in tenants:
+        record_event(action="auth.login_failed", outcome=Outcome.DENIED if locked_out else Outcome.FAILURE,
+                     tenant=tenant, context=context, username=username,
+                     user_id=memberships[0].user_id if memberships else None, detail={"locked_out": locked_out})
 
 
 def token_create(*, user, tenant: Tenant, days: int, label: str = "", context: dict | None = None

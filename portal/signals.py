@@ -3,9 +3,8 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.dispatch import receiver
 
 from audit.context import request_context
-from audit.models import Outcome
 from audit.services import record_event
-from portal.models import Membership
+from portal.services import login_failure_record
 from portal.tenancy import session_tenant
 
 
@@ -18,20 +17,9 @@ def record_login(sender, request, user, **kwargs):
 
 @receiver(user_login_failed)
 def record_login_failed(sender, credentials, request=None, **kwargs):
-    """In the chain of each organisation the named account belongs to, so its
-    compliance officers see attempts on their people (user id = that account);
-    in the platform chain when the name matches no member. The same single
-    query runs whether or not the account exists."""
-    context = request_context(request) if request is not None else {}
     locked = bool(request is not None and getattr(request, "axes_locked_out", False))
-    typed = str(credentials.get("username", ""))[:150]
-    memberships = list(Membership.objects.filter(user__username=typed).select_related("tenant")
-                       .order_by("tenant__slug"))
-    tenants = list({m.tenant_id: m.tenant for m in memberships}.values()) or [None]
-    for tenant in tenants:
-        record_event(action="auth.login_failed", outcome=Outcome.DENIED if locked else Outcome.FAILURE,
-                     tenant=tenant, context=context, username=typed,
-                     user_id=memberships[0].user_id if memberships else None, detail={"locked_out": locked})
+    login_failure_record(username=str(credentials.get("username", "")), locked_out=locked,
+                         context=request_context(request) if request is not None else {})
 
 
 @receiver(user_logged_out)

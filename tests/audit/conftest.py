@@ -1,4 +1,5 @@
 """Audit fixtures: a signing key in tmp_path, users by role, back-dated chains."""
+import contextlib
 import datetime as dt
 import importlib
 
@@ -74,6 +75,30 @@ def drop_triggers():
     with connection.cursor() as cursor:
         for statement in TRIGGERS.STATEMENTS[connection.vendor][1]:
             cursor.execute(statement)
+
+
+@contextlib.contextmanager
+def audit_writes_refused():
+    """The audit store refuses every insert, as a full or broken disk would;
+    the refusal is lifted on exit."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("""CREATE TRIGGER refuse_audit_insert BEFORE INSERT ON audit_auditevent
+                              BEGIN SELECT RAISE(ABORT, 'disk full'); END""")
+        else:
+            cursor.execute("""CREATE FUNCTION refuse_audit_insert() RETURNS trigger AS $$
+                              BEGIN RAISE EXCEPTION 'disk full'; END; $$ LANGUAGE plpgsql""")
+            cursor.execute("""CREATE TRIGGER refuse_audit_insert BEFORE INSERT ON audit_auditevent
+                              FOR EACH ROW EXECUTE FUNCTION refuse_audit_insert()""")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            if connection.vendor == "sqlite":
+                cursor.execute("DROP TRIGGER refuse_audit_insert")
+            else:
+                cursor.execute("DROP TRIGGER refuse_audit_insert ON audit_auditevent")
+                cursor.execute("DROP FUNCTION refuse_audit_insert()")
 
 
 def backdated(tenant, count, *, start, step=dt.timedelta(minutes=1), **fields):

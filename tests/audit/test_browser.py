@@ -63,6 +63,21 @@ KnowledgeBase.objects.create(tenant=acme, name="Handbook")
 """
 
 
+def launch_chromium(playwright):
+    """Debian's Chromium, with nothing that reaches outside the machine."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync"])
+
+
+def csp_violations(page) -> list[str]:
+    """Collects the browser's Content-Security-Policy complaints on ``page``."""
+    found = []
+    page.on("console", lambda message: found.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -121,17 +136,13 @@ def test_officer_filters_exports_and_the_bundle_verifies(portal_server):
     ARTIFACTS.mkdir(parents=True)
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 900}).new_page()
             outside = []
             page.on("request", lambda request: outside.append(request.url)
                     if not request.url.startswith((base, "data:", "blob:")) else None)
-            violations = []
-            page.on("console", lambda message: violations.append(message.text)
-                    if "Content Security Policy" in message.text else None)
+            violations = csp_violations(page)
             page.goto(base + "/accounts/login/?next=/admin/audit/auditevent/")
             page.fill("#id_username", "chris")
             page.fill("#id_password", PASSWORD)
@@ -180,14 +191,10 @@ def test_pages_work_under_the_content_security_policy(portal_server):
 
     base = portal_server["base"]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_context().new_page()
-            violations = []
-            page.on("console", lambda message: violations.append(message.text)
-                    if "Content Security Policy" in message.text else None)
+            violations = csp_violations(page)
             page.goto(base + "/accounts/login/?next=/kbs/")
             page.fill("#id_username", "dora")
             page.fill("#id_password", PASSWORD)

@@ -10,6 +10,7 @@ from audit.canonical import compute_mac
 from audit.models import GENESIS_HASH, MAC_FIELDS, AuditEvent, AuditEventImmutable
 from audit.services import record_event
 from audit.verify import verify_chain
+from tests.audit.conftest import audit_writes_refused
 from keystore.keys import get_keyring
 
 
@@ -207,26 +208,11 @@ def test_a_refused_append_outside_any_transaction_leaves_nothing_open(tenants):
 
     first = record_event(action="auth.login", tenant=tenants["acme"])
     assert not connection.in_atomic_block
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("""CREATE TRIGGER refuse_audit_insert BEFORE INSERT ON audit_auditevent
-                              BEGIN SELECT RAISE(ABORT, 'disk full'); END""")
-        else:
-            cursor.execute("""CREATE FUNCTION refuse_audit_insert() RETURNS trigger AS $$
-                              BEGIN RAISE EXCEPTION 'disk full'; END; $$ LANGUAGE plpgsql""")
-            cursor.execute("""CREATE TRIGGER refuse_audit_insert BEFORE INSERT ON audit_auditevent
-                              FOR EACH ROW EXECUTE FUNCTION refuse_audit_insert()""")
-    try:
+    with audit_writes_refused():
         with pytest.raises(AuditUnavailable):
             record_event(action="auth.login", tenant=tenants["acme"])
         assert connection.get_autocommit() and not connection.in_atomic_block
         if connection.vendor == "sqlite":
             assert not connection.connection.in_transaction
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("DROP TRIGGER refuse_audit_insert" + ("" if connection.vendor == "sqlite"
-                                                                 else " ON audit_auditevent"))
-            if connection.vendor != "sqlite":
-                cursor.execute("DROP FUNCTION refuse_audit_insert()")
     second = record_event(action="auth.login", tenant=tenants["acme"])
     assert second.seq == first.seq + 1 and verify_chain(tenants["acme"].pk).ok

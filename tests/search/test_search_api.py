@@ -1,10 +1,10 @@
 """Search through the REST API and the web page: retrieval quality, response
 shape, and the audit trail every search leaves."""
 import pytest
-from django.db import connection
 from django.utils.html import escape
 
 from audit.models import AuditEvent
+from tests.audit.conftest import audit_writes_refused
 from tests.search.portal_fixtures import faq_kb, faq_queries, people, served, token_for  # noqa: F401
 
 SEARCH_FIELDS = ["tenant_id", "seq", "occurred_at", "action", "outcome", "user_id", "username", "auth_method",
@@ -82,19 +82,6 @@ def test_page_search_is_audited_with_the_session_digest(faq_kb, people, client):
     assert client.session.session_key not in completed.session_digest
 
 
-def refuse_audit_writes():
-    """Make the audit store itself refuse every insert, as a full or broken disk would."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("""CREATE TRIGGER refuse_audit_insert BEFORE INSERT ON audit_auditevent
-                              BEGIN SELECT RAISE(ABORT, 'disk full'); END""")
-        else:
-            cursor.execute("""CREATE FUNCTION refuse_audit_insert() RETURNS trigger AS $$
-                              BEGIN RAISE EXCEPTION 'disk full'; END; $$ LANGUAGE plpgsql""")
-            cursor.execute("""CREATE TRIGGER refuse_audit_insert BEFORE INSERT ON audit_auditevent
-                              FOR EACH ROW EXECUTE FUNCTION refuse_audit_insert()""")
-
-
 @pytest.mark.parametrize("path,body", [
     ("/api/v1/search", {"kb": "FAQ", "query": "reset my password"}),
     ("/api/v1/radar", {"documents": ["reset your password here", "printers"], "query": "reset my password"}),
@@ -102,8 +89,8 @@ def refuse_audit_writes():
 ])
 def test_api_refuses_with_503_and_no_result_when_audit_cannot_be_written(faq_kb, people, token_for, path, body):
     api = token_for(people["alice"])
-    refuse_audit_writes()
-    response = api.post(path, body, format="json")
+    with audit_writes_refused():
+        response = api.post(path, body, format="json")
     assert response.status_code == 503
     assert response["Content-Type"] == "application/problem+json"
     text = response.content.decode()
@@ -113,8 +100,8 @@ def test_api_refuses_with_503_and_no_result_when_audit_cannot_be_written(faq_kb,
 
 def test_page_refuses_when_audit_cannot_be_written(faq_kb, people, client):
     client.force_login(people["alice"])
-    refuse_audit_writes()
-    response = client.post("/", {"kb": faq_kb.pk, "query": "reset my password", "top_k": 3})
+    with audit_writes_refused():
+        response = client.post("/", {"kb": faq_kb.pk, "query": "reset my password", "top_k": 3})
     assert response.status_code == 503
     assert response.context["result"] is None and "Forgot password" not in response.content.decode()
 
