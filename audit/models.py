@@ -13,6 +13,7 @@ class Outcome(models.TextChoices):
     SUCCESS = "success", _("success")
     FAILURE = "failure", _("failure")
     DENIED = "denied", _("denied")
+    REJECTED = "rejected", _("rejected")
 
 
 class AuditEventImmutable(Exception):

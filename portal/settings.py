@@ -118,7 +118,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=30000",
     }
     # A file, not shared-cache memory, so tests see real locking and WAL.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-portal.sqlite3")}
+    # PORTAL_TEST_DB separates two test runs in one checkout.
+    DATABASES["default"]["TEST"] = {"NAME": env.str("PORTAL_TEST_DB", default=str(BASE_DIR / "var" / "test-portal.sqlite3"))}
 # Keep connections across requests: reopening one (and re-running the PRAGMAs)
 # cost more than the whole query work of a search.
 DATABASES["default"]["CONN_MAX_AGE"] = _env_int("DB_CONN_MAX_AGE", 600)

@@ -19,6 +19,9 @@ class KnowledgeBase(models.Model):
     description = models.CharField(max_length=500, blank=True)
     model_id = models.CharField(max_length=200, blank=True, help_text="set by the first import; never mixed")
     dimensions = models.PositiveIntegerField(null=True, blank=True)
+    min_score = models.FloatField(null=True, blank=True,
+                                  help_text="relevance floor: hits below it are weak matches; "
+                                            "empty means the served model's calibrated default")
     revision = models.CharField(max_length=32, default=new_revision,
                                 help_text="replaced on every change; caches keyed by it never serve stale rows")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
@@ -41,6 +44,7 @@ class Document(models.Model):
     knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="documents")
     text = models.TextField()
     source_line = models.PositiveIntegerField(null=True, blank=True, help_text="line or record number in the import")
+    source_name = models.CharField(max_length=200, blank=True, help_text="file (or API call) the entry came from")
     digest = models.CharField(max_length=64, help_text="SHA-256 of the text; duplicates are skipped")
     embedding = models.BinaryField(help_text="float32 little-endian, L2-normalised")
     created_at = models.DateTimeField(default=timezone.now)
