@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
 from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
@@ -42,7 +43,16 @@ def tenant_switch(request):
         messages.error(request, _("You are not a member of that organisation."))
     else:
         choose_tenant(request, tenant)
-    return redirect(request.POST.get("next") or "/")
+    return redirect(safe_next(request, request.POST.get("next")))
+
+
+def safe_next(request, target: str | None, default: str = "/") -> str:
+    """``target`` when it stays on this site, else ``default``: a ``next`` taken
+    from a request is never followed off-site (``//host``, ``https://host``)."""
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                                  require_https=request.is_secure()):
+        return target
+    return default
 
 
 TOKEN_FORM_NONCE = "token_form_nonce"
