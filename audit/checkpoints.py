@@ -206,3 +206,113 @@ def check_chain_against_checkpoint(payload: dict) -> CheckpointReport:
     return CheckpointReport(True, chain, seq, (
         f"chain {chain}: matches the checkpoint at seq {seq} ({payload['time']}); head now seq {head_seq}"))
 
+
+
+# --- checking the checkpoints stored in the database ---------------------------
+
+def pinned_public_keys(extra=()) -> dict:
+    """Signing key id → Ed25519 public key for every key a stored checkpoint may
+    be checked with: this portal's own (when it holds one) and ``extra`` (older
+    keys after a rotation, or the key of a portal whose private key is kept
+    elsewhere)."""
+    from keystore.signing import signing_key_id as key_id_of
+
+    keys = {}
+    if get_keyring().signing_key_pem:
+        try:
+            own = signing_key().public_key()
+        except SigningUnavailable:  # an unusable key file: its checkpoints are reported as unchecked
+            own = None
+        if own is not None:
+            keys[key_id_of(own)] = own
+    for key in extra:
+        keys[key_id_of(key)] = key
+    return keys
+
+
+@dataclass
+class StoredCheckpointsReport:
+    chain: int
+    ok: bool
+    checked: int
+    latest: dict | None
+    problems: list[str]
+
+    def describe(self) -> list[str]:
+        if self.problems:
+            return self.problems
+        if self.latest is None:
+            return []
+        return [f"chain {self.chain}: matches its latest stored checkpoint, seq {self.latest['seq']} "
+                f"({self.latest['time']}); {self.checked} stored checkpoint(s) verified"]
+
+
+def check_stored_checkpoints(chain: int, public_keys: dict) -> StoredCheckpointsReport:
+    """Check every checkpoint row of ``chain``: its Ed25519 signature (a row
+    that does not verify is reported and not trusted), that its columns are
+    what was signed, and that the chain still holds, at each signed seq, the
+    event that was signed, and reaches at least the latest signed seq.
+
+    This is what makes `audit_verify` catch a cut tail or a deleted chain
+    without an outside checkpoint, as long as the checkpoint rows survive."""
+    from audit.verify import archived_through
+
+    rows = list(AuditCheckpoint.objects.filter(chain=chain).order_by("seq", "id")
+                .values_list("id", "seq", "head_hash", "payload", "signature", "signing_key_id"))
+    problems: list[str] = []
+    trusted: list[dict] = []
+    for row_id, seq, head_hash, payload_text, signature, key_id in rows:
+        where = f"chain {chain}: stored checkpoint id {row_id} (seq {seq})"
+        key = public_keys.get(key_id)
+        if key is None:
+            held = ", ".join(sorted(public_keys)) or "none: AUDIT_SIGNING_KEY_FILE is not set"
+            problems.append(f"{where} is signed by {key_id}, not by a key held here ({held}); "
+                            "NOT trusted (give the signing public key with --public-key)")
+            continue
+        if not signature_valid(key, payload_text.encode(), signature):
+            problems.append(f"{where}: signature does NOT verify (forged or altered); NOT trusted")
+            continue
+        try:
+            payload = json.loads(payload_text)
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            problems.append(f"{where}: signed payload is not a {CHECKPOINT_FORMAT} checkpoint; NOT trusted")
+            continue
+        if payload.get("chain") != chain:
+            problems.append(f"{where}: it was signed for chain {payload.get('chain')}, "
+                            "and was copied into this chain's rows; NOT trusted")
+            continue
+        if (payload.get("seq"), payload.get("head_hash")) != (seq, head_hash):
+            problems.append(f"{where}: its columns were changed after signing (signed: seq {payload.get('seq')}); "
+                            "the signed values are checked")
+        trusted.append(payload)
+    if not trusted:
+        return StoredCheckpointsReport(chain, not problems, 0, None, problems)
+
+    latest = max(trusted, key=lambda p: p["seq"])
+    head_seq, _ = chain_head(chain)
+    if latest["seq"] > head_seq:
+        gone = "every event of the chain is gone" if head_seq == 0 else f"the chain now ends at seq {head_seq}"
+        problems.append(f"chain {chain}: CUT BACK after its stored checkpoint: it was signed at seq {latest['seq']} "
+                        f"({latest['time']}), {gone}")
+    wanted = {p["seq"]: p for p in trusted if 0 < p["seq"] <= head_seq}
+    macs: dict[int, str] = {}
+    seqs = sorted(wanted)
+    for start in range(0, len(seqs), 500):
+        macs.update(AuditEvent.objects.filter(chain=chain, seq__in=seqs[start:start + 500])
+                    .values_list("seq", "mac"))
+    through = archived_through(chain) if len(macs) < len(wanted) else None
+    for seq in seqs:
+        payload = wanted[seq]
+        if seq in macs:
+            if macs[seq] != payload["head_hash"]:
+                problems.append(f"chain {chain}: the event at seq {seq} is not the one its stored checkpoint "
+                                f"signed ({payload['time']}): rewritten history")
+        elif through is not None and seq <= through[0]:
+            if seq == through[0] and through[1] != payload["head_hash"]:
+                problems.append(f"chain {chain}: the archive record's hash at seq {seq} differs from its "
+                                "stored checkpoint")
+        else:
+            problems.append(f"chain {chain}: the event at stored checkpoint seq {seq} is missing")
+    return StoredCheckpointsReport(chain, not problems, len(trusted), latest, problems)

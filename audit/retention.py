@@ -102,6 +102,15 @@ def archive_chain(*, plan: ArchivePlan, out_dir: Path, context: dict | None = No
             first_mac = written.manifest["first"]["mac"]
             if ends.get(plan.first_seq) != first_mac or ends.get(plan.through_seq) != through_hash:
                 raise ArchiveRefused("the chain changed while the archive was written; nothing was removed")
+            # The record is appended before the prefix goes, so that it takes the
+            # next seq even when the whole chain is archived: appended after, it
+            # would restart an emptied chain at seq 1 from the genesis hash.
+            record_event(action=ARCHIVE_ACTION, tenant=plan.tenant, context=context,
+                         resource_type="audit_archive", resource_id=written.bundle_sha256[:32],
+                         detail={"archive_file": path.name, "archive_sha256": written.bundle_sha256,
+                                 "first_seq": plan.first_seq, "through_seq": plan.through_seq,
+                                 "through_hash": through_hash, "count": plan.count,
+                                 "retention_days": settings.AUDIT_RETENTION_DAYS})
             authorisation = ArchiveAuthorisation.objects.create(
                 chain=plan.chain, through_seq=plan.through_seq, created_at=dt.datetime.now(dt.timezone.utc))
             with connection.cursor() as cursor:
@@ -110,12 +119,6 @@ def archive_chain(*, plan: ArchivePlan, out_dir: Path, context: dict | None = No
                 deleted = cursor.rowcount
             if deleted != plan.count:
                 raise ArchiveRefused(f"expected to remove {plan.count} events, the database removed {deleted}")
-            record_event(action=ARCHIVE_ACTION, tenant=plan.tenant, context=context,
-                         resource_type="audit_archive", resource_id=written.bundle_sha256[:32],
-                         detail={"archive_file": path.name, "archive_sha256": written.bundle_sha256,
-                                 "first_seq": plan.first_seq, "through_seq": plan.through_seq,
-                                 "through_hash": through_hash, "count": plan.count,
-                                 "retention_days": settings.AUDIT_RETENTION_DAYS})
             ArchiveAuthorisation.objects.filter(pk=authorisation.pk).delete()
     except BaseException:
         path.unlink(missing_ok=True)
