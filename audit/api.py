@@ -58,13 +58,12 @@ class AuditEventListApi(APIView):
             return fields
 
         def validate(self, values):
-            try:
-                if values.get("from"):
-                    values["from"] = parse_bound(values["from"], name="from")
-                if values.get("to"):
-                    values["to"] = parse_bound(values["to"], name="to", end=True)
-            except ExportError as exc:
-                raise serializers.ValidationError({"from/to": [str(exc)]}) from None
+            for name in ("from", "to"):
+                try:
+                    if values.get(name):
+                        values[name] = parse_bound(values[name], name=name, end=name == "to")
+                except ExportError as exc:
+                    raise serializers.ValidationError({name: [str(exc)]}) from None
             return values
 
     @extend_schema_serializer(component_name="AuditEvent")

@@ -78,9 +78,13 @@ def parse_bound(text: str, *, name: str, end: bool = False) -> dt.datetime:
             value = dt.datetime.combine(day, dt.time.min, tzinfo=dt.timezone.utc)
             return value + dt.timedelta(days=1) if end else value
         value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        # In UTC now: an offset that moves the time past year 9999 (or before 1) fails here, not in the database.
+        return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
     except ValueError:
         raise ExportError(f"'{name}' is not a date (YYYY-MM-DD) or an ISO-8601 time: {text[:40]!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    except OverflowError:
+        raise ExportError(f"'{name}' is out of range: {text[:40]!r} is not a time between the years 1 and 9999"
+                          + (" (the whole day of 'to' must end before the year 10000)" if end else "")) from None
 
 
 def _iter_rows(events) -> Iterable[dict]:

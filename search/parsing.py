@@ -96,10 +96,15 @@ def _jsonl_entries(text: str) -> list[Entry]:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ImportFileError(_("line %(line)d is not valid JSON (%(error)s)") % {"line": n, "error": exc.msg}) from None
+        except RecursionError:
+            raise ImportFileError(_("line %(line)d is JSON nested too deeply to read") % {"line": n}) from None
         if isinstance(value, dict):
             value = value.get("text")
         if not isinstance(value, str) or not value.strip():
             raise ImportFileError(_('line %(line)d must be a string or an object with a non-empty "text" string')
                                   % {"line": n})
+        if value != value.encode("utf-8", "replace").decode("utf-8"):
+            raise ImportFileError(_("line %(line)d holds a lone UTF-16 surrogate (such as \\ud800), "
+                                    "which is not Unicode text") % {"line": n})
         entries.append(Entry(n, value.strip()))
     return entries
