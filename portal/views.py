@@ -6,6 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
@@ -14,7 +15,9 @@ from portal import services
 from portal.forms import LoginForm, TokenCreateForm
 from portal.readiness import readiness
 from portal.selectors import token_list
-from portal.tenancy import choose_tenant, get_scoped_or_404, tenants_of
+from portal.landing import landing_url, roles_for
+from portal.models import Role
+from portal.tenancy import acting_roles, choose_tenant, get_scoped_or_404, session_tenant, tenants_of
 
 
 class LoginView(auth_views.LoginView):
@@ -22,9 +25,15 @@ class LoginView(auth_views.LoginView):
     redirect_authenticated_user = True
 
     def form_valid(self, form):
-        slug = form.cleaned_data.get("tenant")
-        response = super().form_valid(form)
+        self.wanted_tenant = form.cleaned_data.get("tenant")
+        return super().form_valid(form)
+
+    def get_success_url(self):
+        # After auth_login, before the redirect: the organisation named in the
+        # form decides the acting roles, and so the landing page.
+        slug = getattr(self, "wanted_tenant", None)
         if slug:
+            self.wanted_tenant = None
             wanted = slug.strip().lower()
             tenant = next((t for t in tenants_of(self.request.user)
                            if wanted in (t.slug.lower(), t.name.lower())), None)
@@ -32,7 +41,30 @@ class LoginView(auth_views.LoginView):
                 messages.warning(self.request, _("You are not a member of that organisation; using your first one."))
             else:
                 choose_tenant(self.request, tenant)
-        return response
+        if getattr(self.request, "tenant", None) is None:
+            self.request.tenant = session_tenant(self.request)
+        return super().get_success_url()
+
+    def get_default_redirect_url(self):
+        """Without a ``next``: where the acting role's work is (portal.landing)."""
+        return landing_url(self.request)
+
+
+def permission_denied(request, exception=None):
+    """The 403 page: which roles the refused page needs and which the user holds
+    here, with a link to where their own work is. (A missing capability on
+    one's own organisation; other organisations' objects answer 404.)"""
+    from portal.api_errors import is_api_path, problem_response
+
+    if is_api_path(request.path):
+        return problem_response(403, "You do not have permission to perform this action.")
+    capability = str(exception) if exception is not None and exception.args else ""
+    tenant = getattr(request, "tenant", None)
+    return render(request, "403.html", {
+        "needed_roles": [role.label for role in roles_for(capability)],
+        "held_roles": [role.label for role in Role if role in acting_roles(request)] if tenant else [],
+        "start_url": landing_url(request) if getattr(request.user, "is_authenticated", False) else "/",
+    }, status=403)
 
 
 @login_required
@@ -58,6 +90,7 @@ def safe_next(request, target: str | None, default: str = "/") -> str:
 TOKEN_FORM_NONCE = "token_form_nonce"
 
 
+@never_cache  # it shows a new token once: no browser or proxy may keep a copy
 @login_required
 def tokens_page(request):
     new_token = None

@@ -102,3 +102,19 @@ def test_a_malformed_number_stops_startup_naming_the_variable():
         assert result.returncode != 0
         assert "AUDIT_RETENTION_DAYS must be a whole number" in result.stdout + result.stderr
     assert "Traceback" not in manage.stderr
+
+
+@pytest.mark.parametrize("given_secret", ["", "s3cr3t-django-key-" + "q" * 40])
+@pytest.mark.parametrize("output", ["hash", "unified"])
+def test_diffsettings_never_prints_the_django_secret_key(given_secret, output):
+    from keystore.keys import derive_subkey
+
+    overrides = {MODEL_KEY: HEX_A, AUDIT_KEY: HEX_B, "DATABASE_URL": "postgres://portal:db-pa55word@db/portal"}
+    if given_secret:
+        overrides["DJANGO_SECRET_KEY"] = given_secret
+    manage, _ = run_startup(overrides, command=("diffsettings", "--all", "--output", output))
+    assert manage.returncode == 0, manage.stderr
+    secret = given_secret or derive_subkey(bytes.fromhex(HEX_B), "django-secret-key").hex()
+    assert "SECRET_KEY" in manage.stdout and "'PASSWORD'" in manage.stdout
+    for value in (secret, "db-pa55word", HEX_A, HEX_B):
+        assert value not in manage.stdout + manage.stderr

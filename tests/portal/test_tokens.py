@@ -140,3 +140,13 @@ def test_token_create_command_rejects_non_member(alice, tenants):
 
     with pytest.raises(CommandError, match="not a member"):
         call_command("token_create", "--user", "alice", "--tenant", "globex")
+
+
+def test_the_page_that_shows_a_new_token_is_never_cached(client, alice):
+    client.force_login(alice)
+    nonce = client.get("/tokens/").context["nonce"]
+    response = client.post("/tokens/", {"days": 30, "label": "ci", "nonce": nonce})
+    assert response.status_code == 200 and response.context["new_token"]
+    assert response.context["new_token"] in response.content.decode()
+    directives = {part.strip() for part in response["Cache-Control"].split(",")}
+    assert {"no-store", "private"} <= directives
