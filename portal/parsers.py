@@ -13,9 +13,8 @@ import io
 import json
 import re
 
+from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
-
-from portal.api_errors import Problem
 
 MAX_DEPTH = 32
 
@@ -32,14 +31,23 @@ def field_name(path: tuple) -> str:
     return text or "(the body)"
 
 
-def _too_deep(field: str, limit: int) -> Problem:
-    return Problem(400, f"{field}: the JSON is nested more than {limit} levels deep",
-                   errors={field: [f"nested more than {limit} levels deep"]})
+class JSONRefused(ParseError):
+    """A 400 parse error (so refused bodies are handled as every other parse
+    error is) with the problem's extra members."""
+
+    def __init__(self, detail: str, **extra):
+        super().__init__(detail)
+        self.extra = extra
 
 
-def _not_text(field: str) -> Problem:
-    return Problem(400, f"{field}: the text contains a lone UTF-16 surrogate (such as \\ud800), "
-                        "which is not Unicode text", errors={field: ["contains a lone UTF-16 surrogate"]})
+def _too_deep(field: str, limit: int) -> JSONRefused:
+    return JSONRefused(f"{field}: the JSON is nested more than {limit} levels deep",
+                       errors={field: [f"nested more than {limit} levels deep"]})
+
+
+def _not_text(field: str) -> JSONRefused:
+    return JSONRefused(f"{field}: the text contains a lone UTF-16 surrogate (such as \\ud800), "
+                       "which is not Unicode text", errors={field: ["contains a lone UTF-16 surrogate"]})
 
 
 def is_unicode_text(value: str) -> bool:
@@ -51,7 +59,7 @@ def is_unicode_text(value: str) -> bool:
 
 
 def check_json(value, *, max_depth: int = MAX_DEPTH) -> None:
-    """Raise a 400 Problem if ``value`` (decoded JSON) nests deeper than
+    """Raise a 400 (JSONRefused) if ``value`` (decoded JSON) nests deeper than
     ``max_depth`` or holds a string (or key) that is not Unicode text."""
     stack = [((), value, 1)]
     while stack:
