@@ -5,7 +5,7 @@ import datetime as dt
 import tempfile
 
 from django.http import FileResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
@@ -72,9 +72,12 @@ class AuditEventListApi(APIView):
             model = AuditEvent
             fields = ["id", *MAC_FIELDS, "mac"]
 
-    @extend_schema(parameters=[OpenApiParameter(name, str, required=False) for name in (
-        "from", "to", "action", "outcome", "user_id", "username", "kb_id", "request_id", "client_ip", "q",
-        "cursor", "limit")], responses=OutputSerializer(many=True))
+    pagination_class = AuditEventPagination  # what the schema documents; get() pages with it
+
+    @extend_schema(summary="List audit events (compliance role), newest first, a cursor page at a time",
+                   tags=["audit"], parameters=[OpenApiParameter(name, str, required=False) for name in (
+                       "from", "to", "action", "outcome", "user_id", "username", "kb_id", "request_id",
+                       "client_ip", "q", "cursor", "limit")], responses=OutputSerializer(many=True))
     def get(self, request):
         tenant = _acting_compliance_tenant(request)
         filters = self.FilterSerializer(data=request.query_params)
@@ -102,7 +105,10 @@ class AuditExportApi(APIView):
 
     permission_classes = [AllowAny]
 
-    @extend_schema(parameters=[OpenApiParameter(name, str, required=name in ("from", "to")) for name in (
+    extra_problem_statuses = [403]  # a presigned URL that does not verify (portal.openapi)
+
+    @extend_schema(summary="Download a signed audit export of a time range", tags=["audit"],
+                   parameters=[OpenApiParameter(name, str, required=name in ("from", "to")) for name in (
         "from", "to", "recipient", "tenant", "expires", "by", "sig")],
         responses={(200, "application/octet-stream"): bytes})
     def get(self, request):
@@ -153,7 +159,9 @@ class AuditExportPresignApi(APIView):
             fields["from"] = serializers.CharField(max_length=40)  # a keyword in Python
             return fields
 
-    @extend_schema(request=InputSerializer, responses={200: dict})
+    @extend_schema(summary="Create a time-limited presigned export URL", tags=["audit"], request=InputSerializer,
+                   responses=inline_serializer("AuditExportPresign", {
+                       "url": serializers.URLField(), "expires": serializers.DateTimeField()}))
     def post(self, request):
         tenant = _acting_compliance_tenant(request)
         data = self.InputSerializer(data=request.data)

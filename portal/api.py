@@ -1,5 +1,5 @@
 """Portal API: who am I, and my tokens."""
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,7 +17,9 @@ class MeApi(APIView):
         tenant = serializers.CharField(allow_null=True)
         roles = serializers.ListField(child=serializers.CharField())
 
-    @extend_schema(responses=MeSerializer)
+    hides_refusals = False  # every signed-in caller may ask: no 404 (portal.openapi)
+
+    @extend_schema(summary="Who am I: user, acting tenant and roles", tags=["account"], responses=MeSerializer)
     def get(self, request):
         tenant = request._request.tenant
         return Response(self.MeSerializer({
@@ -35,13 +37,16 @@ class TokenListApi(APIView):
             model = ApiToken
             fields = ["id", "user", "label", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at"]
 
-    @extend_schema(responses=TokenSerializer(many=True))
+    hides_refusals = False  # one's own tokens, or the tenant's for its admins: no 404 (portal.openapi)
+
+    @extend_schema(summary="List API tokens", tags=["tokens"], operation_id="api_v1_tokens_list",
+                   responses=inline_serializer("TokenList", {"results": TokenSerializer(many=True)}))
     def get(self, request):
         return Response({"results": self.TokenSerializer(token_list(request._request), many=True).data})
 
 
 class TokenDetailApi(APIView):
-    @extend_schema(responses={204: None})
+    @extend_schema(summary="Revoke an API token", tags=["tokens"], responses={204: None})
     def delete(self, request, token_id: int):
         token = get_scoped_or_404(token_list(request._request), request._request, pk=token_id)
         services.token_revoke(token=token, by_user=request.user, context=request_context(request._request))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import ParseError
 from rest_framework.pagination import LimitOffsetPagination
@@ -123,7 +123,8 @@ class SearchApi(TenantApiView):
         query = StrictCharField(allow_blank=True, trim_whitespace=False)
         top_k = StrictIntegerField(required=False, default=5)
 
-    @extend_schema(request=SearchInputSerializer, responses=SearchOutputSerializer)
+    @extend_schema(summary="Search a knowledge base", tags=["search"], request=SearchInputSerializer,
+                   responses=SearchOutputSerializer)
     def post(self, request):
         data = self.validated(self.SearchInputSerializer)
         if not isinstance(data["kb"], (int, str)) or isinstance(data["kb"], bool):
@@ -142,7 +143,8 @@ class RadarApi(TenantApiView):
         query = StrictCharField(allow_blank=True, trim_whitespace=False)
         top_k = StrictIntegerField(required=False, default=5)
 
-    @extend_schema(request=RadarInputSerializer, responses=SearchOutputSerializer)
+    @extend_schema(summary="Search pasted lines without storing them (semantic radar)", tags=["search"],
+                   request=RadarInputSerializer, responses=SearchOutputSerializer)
     def post(self, request):
         data = self.validated(self.RadarInputSerializer)
         result = services.radar_search(tenant=self.tenant, documents=data["documents"], query=data["query"],
@@ -151,7 +153,7 @@ class RadarApi(TenantApiView):
 
 
 class KbOutputSerializer(serializers.ModelSerializer):
-    line_count = serializers.IntegerField(read_only=True, default=None)
+    line_count = serializers.IntegerField(read_only=True, default=None, allow_null=True)
 
     class Meta:
         model = KnowledgeBase
@@ -165,11 +167,13 @@ class KbListApi(TenantApiView):
         name = StrictCharField(max_length=200)
         description = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
 
-    @extend_schema(responses=KbOutputSerializer(many=True))
+    @extend_schema(summary="List knowledge bases", tags=["knowledge bases"], operation_id="api_v1_kbs_list",
+                   responses=inline_serializer("KbList", {"results": KbOutputSerializer(many=True)}))
     def get(self, request):
         return Response({"results": KbOutputSerializer(selectors.kb_list(request._request), many=True).data})
 
-    @extend_schema(request=KbCreateInputSerializer, responses={201: KbOutputSerializer})
+    @extend_schema(summary="Create a knowledge base", tags=["knowledge bases"], request=KbCreateInputSerializer,
+                   responses={201: KbOutputSerializer})
     def post(self, request):
         data = self.validated(self.KbCreateInputSerializer)
         kb = services.kb_create(tenant=self.tenant, name=data["name"], description=data["description"],
@@ -180,14 +184,15 @@ class KbListApi(TenantApiView):
 class KbDetailApi(TenantApiView):
     capabilities = {"GET": "kb.read", "DELETE": "kb.manage"}
 
-    @extend_schema(responses=KbOutputSerializer)
+    @extend_schema(summary="Get a knowledge base", tags=["knowledge bases"], responses=KbOutputSerializer)
     def get(self, request, kb_id: int):
         kb = selectors.kb_list(request._request).filter(pk=kb_id).first()
         if kb is None:
             raise Problem(404, f"knowledge base {kb_id} not found")
         return Response(KbOutputSerializer(kb).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(summary="Delete a knowledge base and its documents", tags=["knowledge bases"],
+                   responses={204: None})
     def delete(self, request, kb_id: int):
         services.kb_delete(kb=kb_from_reference(request._request, kb_id), user=request.user,
                            context=self.context())
@@ -216,12 +221,14 @@ class DocumentsAddedSerializer(serializers.Serializer):
 
 class DocumentListApi(TenantApiView):
     capabilities = {"GET": "kb.read", "POST": "kb.manage"}
+    pagination_class = DocumentPagination  # what the schema documents; get() pages with it
 
     class DocumentsAddInputSerializer(serializers.Serializer):
         documents = serializers.ListField(child=serializers.JSONField(), allow_empty=False,
                                           help_text='strings, or objects {"text": ...}')
 
-    @extend_schema(responses=DocumentOutputSerializer(many=True), parameters=[
+    @extend_schema(summary="List a knowledge base's documents, a page at a time", tags=["documents"],
+                   responses=DocumentOutputSerializer(many=True), parameters=[
         OpenApiParameter("limit", int, description="page size (default 100, at most 1000)"),
         OpenApiParameter("offset", int)])
     def get(self, request, kb_id: int):
@@ -230,7 +237,8 @@ class DocumentListApi(TenantApiView):
         page = paginator.paginate_queryset(selectors.document_list(request._request, kb), request, view=self)
         return paginator.get_paginated_response(DocumentOutputSerializer(page, many=True).data)
 
-    @extend_schema(request=DocumentsAddInputSerializer, responses={201: DocumentsAddedSerializer})
+    @extend_schema(summary="Add documents to a knowledge base (bulk)", tags=["documents"],
+                   request=DocumentsAddInputSerializer, responses={201: DocumentsAddedSerializer})
     def post(self, request, kb_id: int):
         kb = kb_from_reference(request._request, kb_id)
         data = self.validated(self.DocumentsAddInputSerializer)
@@ -249,7 +257,7 @@ class DocumentListApi(TenantApiView):
 class DocumentDetailApi(TenantApiView):
     capabilities = {"DELETE": "kb.manage"}
 
-    @extend_schema(responses={204: None})
+    @extend_schema(summary="Delete a document", tags=["documents"], responses={204: None})
     def delete(self, request, kb_id: int, doc_id: int):
         kb = kb_from_reference(request._request, kb_id)
         document = selectors.document_get(request._request, kb, doc_id)
@@ -289,7 +297,8 @@ class EmbeddingsApi(TenantApiView):
         encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, default="float")
         user = serializers.CharField(required=False, allow_blank=True)
 
-    @extend_schema(request=EmbeddingsInputSerializer, responses=EmbeddingsOutputSerializer)
+    @extend_schema(summary="Create embeddings (the OpenAI embeddings API)", tags=["embeddings"],
+                   request=EmbeddingsInputSerializer, responses=EmbeddingsOutputSerializer)
     def post(self, request):
         data = self.validated(self.EmbeddingsInputSerializer)
         result, engine = services.embeddings_create(tenant=self.tenant, inputs=data["input"],

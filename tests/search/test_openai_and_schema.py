@@ -75,3 +75,57 @@ def test_api_docs_page_uses_no_outside_assets(client, db):
     html = client.get("/api/v1/docs/").content.decode()
     assert "swagger-ui" in html
     assert "cdn." not in html and "https://" not in html.replace("https://swagger.io", "")
+
+
+def _schema(client):
+    response = client.get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    return response.json()
+
+
+def _resolve(schema, node):
+    while "$ref" in node:
+        node = schema["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def test_every_operation_has_a_summary_tags_and_problem_json_4xx(client, db):
+    schema = _schema(client)
+    problem = schema["components"]["schemas"]["Problem"]
+    assert set(problem["required"]) == {"type", "title", "status", "detail"}
+    operations = [(path, method, op) for path, ops in schema["paths"].items() for method, op in ops.items()]
+    assert len(operations) >= 16
+    for path, method, op in operations:
+        where = f"{method.upper()} {path}"
+        assert op.get("summary"), where
+        assert op.get("tags"), where
+        errors = {code: r for code, r in op["responses"].items() if code.startswith("4")}
+        assert {"401", "429"} <= set(errors) and "503" in op["responses"], where
+        for code, response in errors.items():
+            assert response["content"]["application/problem+json"]["schema"] == {
+                "$ref": "#/components/schemas/Problem"}, (where, code)
+            assert response["description"], (where, code)
+        if method in ("post", "delete") or "{" in path:
+            assert "404" in errors or path == "/api/v1/tokens", where
+        if method == "post":
+            assert {"400", "413", "415"} <= set(errors), where
+
+
+def test_list_routes_are_documented_as_the_objects_they_return(client, db):
+    schema = _schema(client)
+
+    def ok(path):
+        return _resolve(schema, schema["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
+                        ["schema"])
+
+    for path, members in [("/api/v1/kbs", {"results"}), ("/api/v1/tokens", {"results"}),
+                          ("/api/v1/kbs/{kb_id}/documents", {"count", "next", "previous", "results"}),
+                          ("/api/v1/audit/events", {"next", "previous", "results"})]:
+        body = ok(path)
+        assert body["type"] == "object" and set(body["properties"]) == members, path
+        assert body["properties"]["results"]["type"] == "array", path
+    kb = schema["components"]["schemas"]["KbOutput"]["properties"]
+    assert kb["line_count"].get("nullable") is True
+    presign = _resolve(schema, schema["paths"]["/api/v1/audit/export/presign"]["post"]["responses"]["200"]
+                       ["content"]["application/json"]["schema"])
+    assert set(presign["properties"]) == {"url", "expires"}
