@@ -9,7 +9,7 @@ from pathlib import Path
 
 import environ
 
-from keystore.keys import derive_subkey, install_keyring
+from keystore.keys import derive_subkey, handed_over, install_keyring
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
-_secret = env.str("DJANGO_SECRET_KEY", default="")
+_secret = env.str("DJANGO_SECRET_KEY", default="") or handed_over("DJANGO_SECRET_KEY") or ""
 env.ENVIRON.pop("DJANGO_SECRET_KEY", None)
 if not _secret and _KEYRING.audit_key:
     # Stable across workers and restarts without a separate variable.

@@ -6,19 +6,25 @@ format is described in docs/audit-export-format.md; this file is also the
 verifier the portal's own `manage.py audit_verify_export` runs, so the two
 cannot disagree.
 
-    python verify_audit_export.py BUNDLE --public-key KEY
+    python verify_audit_export.py BUNDLE (--public-key KEY | --fingerprint SHA256)
         [--private-key FILE]      open a bundle sealed to you (HPKE envelope)
         [--checkpoint FILE]       a checkpoint you kept earlier: the export must not contradict it
         [--require-complete]      also fail a selection that omits events
     python verify_audit_export.py --new-recipient-key FILE
         create an X25519 key pair for receiving sealed exports; prints the public key
 
-KEY is the portal's signing public key (base64, as `audit_keygen` printed it)
-or a file holding it. Without --public-key the key embedded in the bundle is
-used and the result says that it is unpinned.
+KEY (also --key) is the portal's signing public key: base64 of the raw 32
+bytes as `audit_keygen` printed it, a PEM public key, or a file holding
+either. SHA256 is the key's fingerprint, the hex SHA-256 of those 32 raw bytes
+(`audit_keygen` prints it too); the key embedded in the bundle must match it.
 
-Exit status: 0 verified, 1 not verified (each problem is printed, naming the
-part of the bundle at fault), 2 unusable input or arguments.
+Without a pinned key the bundle is only checked against the key it carries
+itself, which anyone can generate: the result is then UNPINNED, never
+VERIFIED, and the exit status 3.
+
+Exit status: 0 verified against the pinned key, 1 not verified (each problem
+is printed, naming the part of the bundle at fault), 2 unusable input or
+arguments, 3 unpinned (no problem found, but nothing proves who signed it).
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ import hmac
 import io
 import json
 import os
+import re
+import struct
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -64,10 +72,17 @@ class Result:
     notes: list[str] = field(default_factory=list)
     manifest: dict | None = None
     events: list[dict] = field(default_factory=list)
+    pinned: bool = False
 
     @property
     def ok(self) -> bool:
+        """No problem found. Says nothing about who signed: see ``verified``."""
         return not self.problems
+
+    @property
+    def verified(self) -> bool:
+        """No problem found and the signature checked against a pinned key."""
+        return self.ok and self.pinned
 
     def fail(self, part: str, message: str) -> None:
         self.problems.append((part, message))
@@ -81,6 +96,22 @@ def canonical_bytes(fields: dict) -> bytes:
 def signing_key_id(public_key: Ed25519PublicKey) -> str:
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return "ed25519_" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def key_fingerprint(public_key: Ed25519PublicKey) -> str:
+    """Hex SHA-256 of the raw 32-byte public key: what an auditor may pin instead of the key."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def parse_fingerprint(text: str) -> str:
+    value = text.strip().lower()
+    value = value[len("sha256:"):] if value.startswith("sha256:") else value
+    value = value.replace(":", "").replace(" ", "")
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise Unusable("--fingerprint must be the 64 hex digits of the SHA-256 of the raw public key "
+                       "(a short key id is not enough to pin a key)")
+    return value
 
 
 def load_public_key(text: str) -> Ed25519PublicKey:
@@ -143,7 +174,63 @@ class Damaged(Exception):
         self.part = part
 
 
+_LOCAL_HEADER, _CENTRAL_END = b"PK\x03\x04", b"PK\x05\x06"
+_ZIP64_LOCATOR, _ZIP64_END = b"PK\x06\x07", b"PK\x06\x06"
+
+
+def check_zip_framing(data: bytes) -> None:
+    """The bundle must be exactly one ZIP archive: its first member at byte 0,
+    members back to back, the central directory right after them, and the end
+    record the file's last 22 bytes (no comment). Python's zipfile (like most
+    readers) silently accepts bytes before, between and after; those bytes are
+    covered by no signature, so a bundle carrying them is refused."""
+    end = len(data) - 22
+    if end < 0 or data[end:end + 4] != _CENTRAL_END:
+        found = data.rfind(_CENTRAL_END, max(0, len(data) - 65557))
+        if found < 0:
+            raise Damaged("bundle", "not a readable export bundle (no end of ZIP central directory)")
+        raise Damaged("bundle", f"{len(data) - found - 22} byte(s) follow the end of the ZIP archive "
+                                "(appended data or a ZIP comment, covered by no signature): refused")
+    cd_size, cd_offset = struct.unpack("<II", data[end + 12:end + 20])
+    cd_end = end
+    if end >= 20 and data[end - 20:end - 16] == _ZIP64_LOCATOR:
+        (z64_offset,) = struct.unpack("<Q", data[end - 12:end - 4])
+        if data[z64_offset:z64_offset + 4] != _ZIP64_END:
+            raise Damaged("bundle", "the ZIP64 end record is not where its locator says")
+        (record_size,) = struct.unpack("<Q", data[z64_offset + 4:z64_offset + 12])
+        if z64_offset + 12 + record_size != end - 20:
+            raise Damaged("bundle", "bytes were inserted after the ZIP64 end record: refused")
+        cd_size, cd_offset = struct.unpack("<QQ", data[z64_offset + 40:z64_offset + 56])
+        cd_end = z64_offset
+    if cd_offset + cd_size != cd_end:
+        raise Damaged("bundle", "the ZIP central directory is not where the end record says "
+                                "(bytes were prepended or inserted): refused")
+    if not data.startswith(_LOCAL_HEADER):
+        raise Damaged("bundle", "the file does not start with a ZIP member (bytes were prepended): refused")
+
+
+def _check_members_contiguous(data: bytes, infos: list, cd_offset: int) -> None:
+    expected = 0
+    infos = sorted(infos, key=lambda info: info.header_offset)
+    for number, info in enumerate(infos):
+        start = info.header_offset
+        if start != expected or data[start:start + 4] != _LOCAL_HEADER:
+            raise Damaged("bundle", f"{start - expected} byte(s) not belonging to any member precede "
+                                    f"{info.filename}: refused")
+        name_length, extra_length = struct.unpack("<HH", data[start + 26:start + 30])
+        end = start + 30 + name_length + extra_length + info.compress_size
+        following = infos[number + 1].header_offset if number + 1 < len(infos) else cd_offset
+        if info.flag_bits & 0x08:  # a data descriptor: CRC and sizes after the data, maybe with a signature
+            ends = [end + extra for extra in (12, 16, 20, 24)]
+            end = following if following in ends else ends[0]
+        expected = end
+    if expected != cd_offset:
+        raise Damaged("bundle", f"{cd_offset - expected} byte(s) not belonging to any member precede the "
+                                "ZIP central directory: refused")
+
+
 def read_bundle(data: bytes) -> dict[str, bytes]:
+    check_zip_framing(data)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         names = archive.namelist()
@@ -151,6 +238,7 @@ def read_bundle(data: bytes) -> dict[str, bytes]:
         raise Damaged("bundle", f"not a readable export bundle ({exc.__class__.__name__})") from None
     if sorted(names) != sorted(BUNDLE_MEMBERS):
         raise Damaged("bundle", f"expected exactly {', '.join(BUNDLE_MEMBERS)}; found {', '.join(names)}")
+    _check_members_contiguous(data, archive.infolist(), archive.start_dir)
     parts = {}
     for name in BUNDLE_MEMBERS:
         try:
@@ -183,10 +271,17 @@ def find_gaps(seqs: list[int]) -> list[list[int]]:
 
 def verify_bundle(data: bytes, *, public_key: Ed25519PublicKey | None = None,
                   private_key_pem: bytes | None = None, held_checkpoint: dict | None = None,
-                  require_complete: bool = False, mac_keys: dict[str, bytes] | None = None) -> Result:
+                  require_complete: bool = False, mac_keys: dict[str, bytes] | None = None,
+                  fingerprint: str | None = None) -> Result:
     """Every check this format allows without the portal; ``mac_keys`` (key id →
-    key) adds the per-event MAC check for whoever holds the audit key."""
+    key) adds the per-event MAC check for whoever holds the audit key.
+
+    The signer is pinned by ``public_key`` or by ``fingerprint`` (hex SHA-256 of
+    the raw public key, which the embedded key must match). With neither, the
+    embedded key is used and ``result.verified`` stays False (UNPINNED)."""
     result = Result()
+    if fingerprint is not None:
+        fingerprint = parse_fingerprint(fingerprint)
     if data.startswith(ENVELOPE_MAGIC):
         data = open_envelope(data, private_key_pem)
         result.notes.append("envelope: opened with the recipient's private key")
@@ -203,13 +298,27 @@ def verify_bundle(data: bytes, *, public_key: Ed25519PublicKey | None = None,
     signing = (manifest or {}).get("signing_key", {}) if isinstance(manifest, dict) else {}
     if public_key is None:
         try:
-            public_key = Ed25519PublicKey.from_public_bytes(base64.b64decode(signing.get("public_key", ""),
-                                                                             validate=True))
-        except (ValueError, TypeError):
+            embedded = Ed25519PublicKey.from_public_bytes(base64.b64decode(signing.get("public_key", ""),
+                                                                           validate=True))
+        except (ValueError, TypeError, AttributeError):
             raise Unusable("manifest.json: no usable embedded public key; give --public-key") from None
-        result.notes.append(f"signature checked against the key embedded in the bundle "
-                            f"({signing_key_id(public_key)}), NOT a pinned one: pass --public-key")
+        if fingerprint is not None:
+            if key_fingerprint(embedded) != fingerprint:
+                result.fail("manifest.json", f"the bundle was signed by key {signing_key_id(embedded)} "
+                                             f"(fingerprint {key_fingerprint(embedded)}), not by the pinned "
+                                             f"fingerprint {fingerprint}")
+                return result
+            result.pinned = True
+            result.notes.append(f"signing key pinned by fingerprint: {signing_key_id(embedded)}")
+        else:
+            result.notes.append(f"signature checked only against the key embedded in the bundle "
+                                f"({signing_key_id(embedded)}, fingerprint {key_fingerprint(embedded)}), which "
+                                "anyone can generate: pin the portal's key with --public-key or --fingerprint")
+        public_key = embedded
     else:
+        if fingerprint is not None and key_fingerprint(public_key) != fingerprint:
+            raise Unusable("--public-key and --fingerprint name different keys")
+        result.pinned = True
         result.notes.append(f"signing key pinned: {signing_key_id(public_key)}")
     if not signature_ok(public_key, parts[MANIFEST_FILE], parts[SIGNATURE_FILE].decode("ascii", "replace")):
         result.fail("manifest.json", "signature (manifest.sig) does not verify: the manifest or the "
@@ -331,8 +440,22 @@ def describe(result: Result) -> str:
                      f"{(manifest.get('last') or {}).get('seq')}, made {manifest.get('created_at')}")
     lines.extend(f"note: {note}" for note in result.notes)
     lines.extend(f"FAIL {part}: {message}" for part, message in result.problems)
-    lines.append("VERIFIED" if result.ok else "NOT VERIFIED")
+    if not result.ok:
+        lines.append("NOT VERIFIED")
+    elif not result.pinned:
+        lines.append("UNPINNED: NOT VERIFIED. The bundle is consistent, but its signature was checked only "
+                     "against the key it carries itself, so anyone could have made it. Verify it with the "
+                     "portal's key: --public-key KEY or --fingerprint SHA256.")
+    else:
+        lines.append("VERIFIED")
     return "\n".join(lines)
+
+
+def exit_status(result: Result) -> int:
+    """0 verified, 1 not verified, 3 unpinned (consistent, signer unproven)."""
+    if not result.ok:
+        return 1
+    return 0 if result.pinned else 3
 
 
 def new_recipient_key(path: str) -> str:
@@ -349,7 +472,9 @@ def new_recipient_key(path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", nargs="?")
-    parser.add_argument("--public-key")
+    parser.add_argument("--public-key", "--key", dest="public_key",
+                        help="the portal's signing public key (base64, PEM, or a file holding either)")
+    parser.add_argument("--fingerprint", help="hex SHA-256 of the portal's raw signing public key")
     parser.add_argument("--private-key")
     parser.add_argument("--checkpoint")
     parser.add_argument("--require-complete", action="store_true")
@@ -373,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                 held = json.load(handle)
         public_key = load_public_key(args.public_key) if args.public_key else None
         result = verify_bundle(data, public_key=public_key, private_key_pem=private_pem, held_checkpoint=held,
-                               require_complete=args.require_complete)
+                               require_complete=args.require_complete, fingerprint=args.fingerprint)
     except Unusable as exc:
         print(f"ERROR {exc}", file=sys.stderr)
         return 2
@@ -381,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 2
     print(describe(result))
-    return 0 if result.ok else 1
+    return exit_status(result)
 
 
 if __name__ == "__main__":

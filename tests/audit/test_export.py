@@ -230,3 +230,154 @@ def test_standalone_tool_runs_in_a_fresh_venv_with_only_cryptography(searches, s
     result = subprocess.run([str(python), str(TOOL), str(changed), "--public-key", signing_key],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 1 and "FAIL events.jsonl" in result.stdout
+
+
+# --- pinning the signer: a bundle re-signed with any other key is not VERIFIED ---
+
+def _public_pem(tmp_path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+
+    from audit.checkpoints import signing_key as key
+
+    path = tmp_path / "portal-signing.pub.pem"
+    path.write_bytes(key().public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+def _fingerprint() -> str:
+    import hashlib
+
+    from audit.checkpoints import signing_key as key
+    from keystore.signing import public_key_raw
+
+    return hashlib.sha256(public_key_raw(key().public_key())).hexdigest()
+
+
+def _resigned_by_an_attacker(bundle: Path, target: Path) -> Path:
+    """What the attack did: change events.jsonl, fix the manifest, re-sign it and
+    its checkpoint with a fresh Ed25519 key, and embed that key in the zip."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from keystore.signing import public_key_text, sign, signing_key_id
+
+    attacker = Ed25519PrivateKey.generate()
+    with zipfile.ZipFile(bundle) as source:
+        events = source.read("events.jsonl").replace(b"acme vpn setup 1", b"acme vpn setup X")
+        manifest = json.loads(source.read("manifest.json"))
+    assert b"acme vpn setup X" in events
+    manifest["events_sha256"] = hashlib.sha256(events).hexdigest()
+    checkpoint = manifest["checkpoint"]
+    checkpoint["signature"] = sign(attacker, checkpoint["checkpoint"].encode())
+    checkpoint["public_key"] = public_key_text(attacker.public_key())
+    checkpoint["signing_key_id"] = signing_key_id(attacker.public_key())
+    manifest["signing_key"] = {"id": signing_key_id(attacker.public_key()),
+                               "public_key": public_key_text(attacker.public_key())}
+    manifest_bytes = json.dumps(manifest, sort_keys=True, indent=2).encode() + b"\n"
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as out:
+        out.writestr("events.jsonl", events)
+        out.writestr("manifest.json", manifest_bytes)
+        out.writestr("manifest.sig", sign(attacker, manifest_bytes) + "\n")
+    return target
+
+
+def _last_line(out: str) -> str:
+    return [line for line in out.splitlines() if line.strip()][-1]
+
+
+def test_a_bundle_re_signed_by_an_attacker_is_not_verified_without_a_pin(searches, signing_key, tmp_path):
+    _, _, bundle = export(tmp_path)
+    forged = _resigned_by_an_attacker(bundle, tmp_path / "resigned.zip")
+    code, out = tool(forged)
+    assert code == 3, out
+    assert _last_line(out).startswith("UNPINNED: NOT VERIFIED"), out
+    assert "VERIFIED" not in [line.strip() for line in out.splitlines()]
+    # The genuine bundle is no more than UNPINNED without a pin either.
+    code, out = tool(bundle)
+    assert code == 3 and _last_line(out).startswith("UNPINNED"), out
+
+
+@pytest.mark.parametrize("pin", ["--key", "--fingerprint"])
+def test_with_the_portal_key_pinned_the_genuine_bundle_verifies_and_the_re_signed_fails(
+        searches, signing_key, tmp_path, pin):
+    _, _, bundle = export(tmp_path)
+    forged = _resigned_by_an_attacker(bundle, tmp_path / "resigned.zip")
+    value = _public_pem(tmp_path) if pin == "--key" else _fingerprint()
+    code, out = tool(bundle, pin, value)
+    assert code == 0 and _last_line(out) == "VERIFIED", out
+    code, out = tool(forged, pin, value)
+    assert code == 1 and _last_line(out) == "NOT VERIFIED", out
+    assert "FAIL manifest.json:" in out
+
+
+def test_a_short_key_id_is_not_accepted_as_a_fingerprint(searches, signing_key, tmp_path):
+    _, _, bundle = export(tmp_path)
+    code, out = tool(bundle, "--fingerprint", _fingerprint()[:16])
+    assert code == 2 and "64 hex digits" in out
+
+
+@pytest.mark.parametrize("where", ["appended", "prepended"])
+def test_bytes_outside_the_zip_are_refused(searches, signing_key, tmp_path, where):
+    _, _, bundle = export(tmp_path)
+    data = bundle.read_bytes()
+    extra = b"\n-- not covered by any signature --\n" * 3
+    changed = tmp_path / f"{where}.zip"
+    changed.write_bytes(data + extra if where == "appended" else extra + data)
+    assert zipfile.ZipFile(changed).namelist(), "Python's zipfile itself reads it without complaint"
+    code, out = tool(changed, "--public-key", signing_key)
+    assert code == 1 and "FAIL bundle:" in out and "refused" in out and _last_line(out) == "NOT VERIFIED", out
+    if where == "appended":
+        assert f"{len(extra)} byte(s) follow the end of the ZIP archive" in out
+    code, out = run("audit_verify_export", str(changed))
+    assert code == 1 and "FAIL bundle:" in out
+
+
+def test_bytes_hidden_between_members_are_refused(searches, signing_key, tmp_path):
+    """A gap between two members, with every offset in the central directory
+    moved to match, still reads as a valid zip."""
+    import struct
+
+    _, _, bundle = export(tmp_path)
+    data = bytearray(bundle.read_bytes())
+    with zipfile.ZipFile(bundle) as source:
+        infos = sorted(source.infolist(), key=lambda info: info.header_offset)
+        central = source.start_dir
+    hidden = b"hidden bytes, covered by no signature"
+    at = infos[1].header_offset  # between the first member and the second
+    end = len(data) - 22
+    position = central
+    while data[position:position + 4] == b"PK\x01\x02":  # move every later member's offset
+        offset, = struct.unpack("<I", data[position + 42:position + 46])
+        if offset >= at:
+            data[position + 42:position + 46] = struct.pack("<I", offset + len(hidden))
+        names = struct.unpack("<HHH", data[position + 28:position + 34])
+        position += 46 + sum(names)
+    data[end + 16:end + 20] = struct.pack("<I", central + len(hidden))
+    spaced = tmp_path / "spaced.zip"
+    spaced.write_bytes(bytes(data[:at]) + hidden + bytes(data[at:]))
+    assert zipfile.ZipFile(spaced).read("events.jsonl")
+    code, out = tool(spaced, "--public-key", signing_key)
+    assert code == 1 and "not belonging to any member" in out, out
+
+
+def test_audit_verify_export_pins_the_portals_own_key(searches, signing_key, tmp_path, no_signing_key):
+    from keystore.keys import get_keyring
+
+    ring = get_keyring()
+    ring.signing_key_pem = (tmp_path / "audit-signing.pem").read_bytes()  # the portal's own key again
+    _, _, bundle = export(tmp_path)
+    forged = _resigned_by_an_attacker(bundle, tmp_path / "resigned.zip")
+    code, out = run("audit_verify_export", str(bundle))
+    assert code == 0 and "signing key pinned" in out and _last_line(out) == "VERIFIED", out
+    code, out = run("audit_verify_export", str(forged))
+    assert code == 1 and "FAIL manifest.json: signature" in out
+    fingerprint = _fingerprint()
+    ring.signing_key_pem = None  # a portal that does not hold the signing key
+    code, out = run("audit_verify_export", str(bundle))
+    assert code == 3 and "UNPINNED" in out
+    code, out = run("audit_verify_export", str(bundle), "--fingerprint", fingerprint)
+    assert code == 0, out
+    code, out = run("audit_verify_export", str(forged), "--fingerprint", fingerprint)
+    assert code == 1 and "not by the pinned fingerprint" in out

@@ -1,10 +1,11 @@
+import hashlib
 import os
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from keystore.signing import generate_signing_key, load_signing_key, public_key_text
+from keystore.signing import generate_signing_key, load_signing_key, public_key_raw, public_key_text
 
 
 class Command(BaseCommand):
@@ -29,4 +30,7 @@ class Command(BaseCommand):
         else:
             key = generate_signing_key(path)
             self.stderr.write(f"wrote {path} (mode 0600)")
+        # The public key stays the last word of the output: scripts read it from there.
+        self.stdout.write(f"fingerprint (SHA-256 of the raw public key, for verify_audit_export.py --fingerprint): "
+                          f"{hashlib.sha256(public_key_raw(key.public_key())).hexdigest()}")
         self.stdout.write(f"audit signing public key (Ed25519, base64): {public_key_text(key.public_key())}")
