@@ -6,9 +6,9 @@ from django.conf import settings
 
 from audit.context import command_context
 from audit.models import Outcome
-from audit.services import record_event
+from audit.services import AuditUnavailable, record_event
 from keystore.keys import get_keyring
-from search.engine import EngineError, open_engine
+from search.engine import open_engine
 
 logger = logging.getLogger(__name__)
 DEMO_KB_NAME = "IT help desk FAQ"
@@ -16,23 +16,38 @@ DEMO_KB_FILE = Path(__file__).resolve().parent / "demo_data" / "faq-kb.txt"
 
 
 def open_configured_engine() -> None:
-    """Called in each gunicorn worker after fork. Fails closed: on any error the
-    worker serves no search (readyz says not ready) and the failure is audited."""
+    """Called in each gunicorn worker after fork. Fails closed the same way for
+    every cause (missing file, wrong key, tampered or truncated bundle, a model
+    that will not build): the worker stays up and serves no search (readyz says
+    not ready), and a `model.open` failure naming the reason class is audited.
+    Nothing raised here may stop the worker: gunicorn would halt the server
+    ("Worker failed to boot") with no record of why."""
     import os
 
     context = {"auth_method": "system", "user_agent": f"worker pid {os.getpid()}"}
     keyring = get_keyring()
+    bundle = Path(settings.EMBED_MODEL_PATH).name
     try:
         engine = open_engine(settings.EMBED_MODEL_PATH, keyring.model_key, settings.EMBED_DEVICE)
-    except (EngineError, OSError, ValueError) as exc:
-        logger.error("embedding model not opened: %s", exc)
-        record_event(action="model.open", outcome=Outcome.FAILURE, context=context,
-                     resource_type="model_bundle", resource_id=Path(settings.EMBED_MODEL_PATH).name,
-                     detail={"error": str(exc)[:500], "key_id": keyring.model_key_id})
+    except Exception as exc:  # noqa: BLE001  every failure fails closed, audited
+        # Bundle and engine messages name key ids, never key material.
+        logger.error("embedding model not opened (%s): %s", exc.__class__.__name__, exc)
+        _record_model_open(outcome=Outcome.FAILURE, context=context, resource_id=bundle,
+                           detail={"reason": exc.__class__.__name__, "error": str(exc)[:500],
+                                   "key_id": keyring.model_key_id})
         return
-    record_event(action="model.open", context=context, model_id=engine.model_id,
-                 resource_type="model_bundle", resource_id=Path(settings.EMBED_MODEL_PATH).name,
-                 detail={"key_id": engine.key_id, "device": engine.device, "dimensions": engine.dimensions})
+    _record_model_open(outcome=Outcome.SUCCESS, context=context, resource_id=bundle, model_id=engine.model_id,
+                       detail={"key_id": engine.key_id, "device": engine.device, "dimensions": engine.dimensions})
+
+
+def _record_model_open(*, outcome, context, resource_id, detail, model_id="") -> None:
+    try:
+        record_event(action="model.open", outcome=outcome, context=context, model_id=model_id,
+                     resource_type="model_bundle", resource_id=resource_id, detail=detail)
+    except AuditUnavailable:
+        # record_event has logged it; searches are refused while the audit
+        # cannot be written, and readyz reports the audit store.
+        pass
 
 
 def demo_knowledge_base(tenants) -> list[str]:
