@@ -3,6 +3,15 @@
 A key comes from ``NAME`` or from the file named by ``NAME_FILE`` (never both),
 as 64 hex characters or standard base64 of 32 bytes. Once read, both variables
 are removed from ``os.environ``. Errors name the variable, never the value.
+
+Removing a variable from ``os.environ`` does not change the process's initial
+environment block, which ``/proc/<pid>/environ`` shows for the life of the
+process (and which a forked worker inherits). So a long-lived server's master
+calls ``reexec_without_secrets()`` first (portal/gunicorn.conf.py): it re-execs
+itself once with the secret variables left out of the new environment, handing
+their values over through an inherited pipe (never argv, never a file). The
+new image reads the pipe (``receive_handed_over_secrets``) and keeps the values
+in memory only; workers forked from it find them there.
 """
 from __future__ import annotations
 
@@ -10,7 +19,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import MutableMapping
 
@@ -19,6 +30,13 @@ MODEL_KEY = "EMBED_MODEL_KEY"
 AUDIT_KEY = "AUDIT_HMAC_KEY"
 AUDIT_OLD_KEYS = "AUDIT_HMAC_OLD_KEYS"
 SIGNING_KEY_FILE = "AUDIT_SIGNING_KEY_FILE"
+DJANGO_SECRET = "DJANGO_SECRET_KEY"
+# Every variable that holds a secret or names a file with one: the server's
+# processes are re-executed without them (reexec_without_secrets).
+SECRET_VARIABLES = (MODEL_KEY, MODEL_KEY + "_FILE", AUDIT_KEY, AUDIT_KEY + "_FILE",
+                    AUDIT_OLD_KEYS, AUDIT_OLD_KEYS + "_FILE", DJANGO_SECRET)
+HANDOFF_FD = "PORTAL_SECRETS_FD"
+_PIPE_CAPACITY = 60 * 1024  # below Linux's 64 KiB pipe buffer: written before anyone reads
 
 
 class KeyConfigError(Exception):
@@ -138,10 +156,69 @@ _keyring: Keyring | None = None
 
 
 def install_keyring(env: MutableMapping[str, str] | None = None) -> Keyring:
-    """Read the keys once for this process (settings call this at startup)."""
+    """Read the keys once for this process (settings call this at startup), from
+    ``os.environ`` and whatever the master handed over."""
     global _keyring
-    _keyring = read_keyring(os.environ if env is None else env)
+    if env is None:
+        env = {**os.environ, **_handed_over} if _handed_over else os.environ
+    _keyring = read_keyring(env)
+    for name in SECRET_VARIABLES:
+        if name != DJANGO_SECRET:
+            os.environ.pop(name, None)
     return _keyring
+
+
+# --- handing secrets to a re-executed server (SPEC §3) ------------------------
+
+_handed_over: dict[str, str] = {}
+
+
+def handed_over(name: str) -> str | None:
+    """The value of a secret variable the re-executed master received, if any."""
+    return _handed_over.get(name)
+
+
+def reexec_without_secrets() -> None:
+    """Re-exec this process once without the secret variables in its environment.
+
+    Does nothing when none is set (already re-executed, keys given another
+    way). Otherwise their values go into a pipe whose read end the new image
+    inherits (its number in ``PORTAL_SECRETS_FD``), and this call does not
+    return. Call it before any thread starts (gunicorn's config file).
+    """
+    found = {name: os.environ[name] for name in SECRET_VARIABLES if name in os.environ}
+    if not found:
+        return
+    payload = json.dumps(found).encode()
+    if len(payload) > _PIPE_CAPACITY:
+        raise KeyConfigError("the secret variables are too long to hand over (over 60 KiB together)")
+    read_end, write_end = os.pipe()  # both close on exec; the read end is made inheritable
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(write_end, view):]
+    finally:
+        os.close(write_end)
+    os.set_inheritable(read_end, True)
+    clean = {name: value for name, value in os.environ.items() if name not in SECRET_VARIABLES}
+    clean[HANDOFF_FD] = str(read_end)
+    del found, payload, view
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], clean)
+
+
+def receive_handed_over_secrets() -> None:
+    """In the re-executed image: read and close the pipe; keep the values in memory."""
+    fd_text = os.environ.pop(HANDOFF_FD, None)
+    if fd_text is None:
+        return
+    try:
+        with os.fdopen(int(fd_text), "rb") as pipe:
+            received = json.loads(pipe.read() or b"{}")
+    except (OSError, ValueError):
+        raise KeyConfigError(f"{HANDOFF_FD} does not name a readable hand-over pipe") from None
+    _handed_over.update({name: value for name, value in received.items() if name in SECRET_VARIABLES})
 
 
 def get_keyring() -> Keyring:

@@ -1,6 +1,19 @@
 """Gunicorn settings. The model is opened in each worker after fork, never in
 the master (no --preload): a sealed model's plaintext lives only in workers."""
 import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from keystore.keys import receive_handed_over_secrets, reexec_without_secrets  # noqa: E402
+
+# Keys given as environment variables would stay readable in /proc/<pid>/environ
+# of the master and of every worker (popping them from os.environ does not
+# change a process's initial environment block). So the master re-execs itself
+# once without them, handing the values over through an inherited pipe; they
+# then live only in memory, and workers forked from the master find them there.
+reexec_without_secrets()
+receive_handed_over_secrets()
 
 bind = os.environ.get("PORTAL_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("PORTAL_WORKERS", "2"))
