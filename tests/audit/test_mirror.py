@@ -80,3 +80,180 @@ def test_readyz_shows_the_mirror_failure_to_staff_only(tenants, settings, tmp_pa
     client.force_login(staff)
     checks = client.get("/readyz").json()["checks"]
     assert checks["audit_mirror"]["detail"].startswith("DEGRADED")
+
+
+# --- a full disk: nothing lost, no partial line, caught up from the database ---
+
+class FullDisk:
+    """Stands in for os.write at the mirror's one write seam: while full,
+    writes what still fits (``room`` bytes) and then fails with ENOSPC."""
+
+    def __init__(self, monkeypatch, room):
+        import errno
+
+        self.real, self.room, self.errno = mirror._write, room, errno.ENOSPC
+        monkeypatch.setattr(mirror, "_write", self)
+
+    def __call__(self, fd, data):
+        if self.room is None:
+            return self.real(fd, data)
+        if self.room <= 0:
+            raise OSError(self.errno, os.strerror(self.errno))
+        written = self.real(fd, bytes(data[:self.room]))
+        self.room -= written
+        return written
+
+    def space_returns(self):
+        self.room = None
+
+
+def assert_mirror_holds_every_event_once(path, chain):
+    from audit.export import event_line
+    from audit.models import MAC_FIELDS
+
+    data = path.read_bytes()
+    assert data.endswith(b"\n"), "the file ends in a partial line"
+    lines = [json.loads(line) for line in data.splitlines()]  # valid JSONL: every line parses
+    seqs = [line["seq"] for line in lines if line["chain"] == chain]
+    rows = list(AuditEvent.objects.filter(chain=chain).order_by("seq").values("mac", *MAC_FIELDS))
+    assert seqs == [row["seq"] for row in rows], "every event exactly once, in seq order"
+    mine = [line for line in data.splitlines(keepends=True) if json.loads(line)["chain"] == chain]
+    assert mine == [event_line(row) for row in rows], "the lines are the events' export form"
+    return seqs
+
+
+def test_a_full_disk_loses_no_event_and_leaves_no_partial_line(tenants, settings, tmp_path, committed,
+                                                                monkeypatch, caplog):
+    path = tmp_path / "audit.jsonl"
+    settings.AUDIT_JSONL_PATH = str(path)
+    acme = tenants["acme"]
+    with committed():
+        for i in range(3):
+            record_event(action="search.completed", tenant=acme, query=f"before {i}")
+    assert len(path.read_bytes().splitlines()) == 3
+    disk = FullDisk(monkeypatch, room=100)  # less than one line still fits
+    with caplog.at_level(logging.ERROR, logger="audit.mirror"):
+        for i in range(60):
+            with committed():
+                record_event(action="search.completed", tenant=acme, query=f"while full {i}")
+    assert AuditEvent.objects.filter(chain=acme.pk).count() == 63, "the appends themselves never failed"
+    assert "ENOSPC" in caplog.text or "No space left" in caplog.text
+    assert disk.room == 0, "the first failed write did write part of its line"
+    data = path.read_bytes()
+    assert data.endswith(b"\n") and len(data.splitlines()) == 3, "the partial line was cut back"
+    assert mirror.mirror_check()[1].startswith("DEGRADED")
+
+    disk.space_returns()
+    with committed():
+        record_event(action="auth.login", tenant=acme)
+    assert assert_mirror_holds_every_event_once(path, acme.pk) == list(range(1, 65))
+    ok, detail = mirror.mirror_check()
+    assert ok and "recovered" in detail and "60 missed event(s) caught up" in detail, detail
+
+
+def test_a_new_worker_catches_up_what_an_earlier_one_missed(tenants, settings, tmp_path, committed, monkeypatch):
+    """The worker that failed is gone (restart): the state beside the file and
+    the file's own tail tell the next one where each chain stopped."""
+    path = tmp_path / "audit.jsonl"
+    settings.AUDIT_JSONL_PATH = str(path)
+    acme, globex = tenants["acme"], tenants["globex"]
+    with committed():
+        record_event(action="auth.login", tenant=acme)
+        record_event(action="auth.login", tenant=globex)
+    disk = FullDisk(monkeypatch, room=0)
+    for tenant in (acme, globex, acme, globex, acme):
+        with committed():
+            record_event(action="search.completed", tenant=tenant)
+    disk.space_returns()
+    monkeypatch.setattr(mirror, "_memory", {})  # a fresh worker process
+    with committed():
+        record_event(action="auth.logout", tenant=globex)
+    assert assert_mirror_holds_every_event_once(path, globex.pk) == [1, 2, 3, 4]
+    with committed():
+        record_event(action="auth.logout", tenant=acme)
+    assert assert_mirror_holds_every_event_once(path, acme.pk) == [1, 2, 3, 4, 5]
+
+
+def test_a_partial_line_left_by_a_killed_worker_is_cut_off_and_rewritten(tenants, settings, tmp_path, committed):
+    path = tmp_path / "audit.jsonl"
+    settings.AUDIT_JSONL_PATH = str(path)
+    acme = tenants["acme"]
+    with committed():
+        record_event(action="auth.login", tenant=acme)
+    # A worker killed mid-write of seq 2: half its line reached the file, the state never heard of it.
+    second = record_event(action="search.completed", tenant=acme, query="half written")
+    from audit.export import event_line
+    from audit.models import MAC_FIELDS
+
+    line = event_line(AuditEvent.objects.values("mac", *MAC_FIELDS).get(pk=second.pk))
+    with open(path, "ab") as handle:
+        handle.write(line[:len(line) // 2])
+    with committed():
+        record_event(action="auth.logout", tenant=acme)
+    assert assert_mirror_holds_every_event_once(path, acme.pk) == [1, 2, 3]
+
+
+def test_the_mirror_catches_up_on_a_real_full_file_system(tenants, settings, tmp_path, committed):
+    """The same on a real 64 KiB tmpfs (needs root; skipped where mounting is refused)."""
+    import shutil
+    import subprocess
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()[:100]}")
+    try:
+        path = mount / "audit.jsonl"
+        settings.AUDIT_JSONL_PATH = str(path)
+        acme = tenants["acme"]
+        with committed():
+            record_event(action="auth.login", tenant=acme)
+        filler = mount / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:  # fill the file system to the last byte
+            for size in (4096, 512, 1):
+                try:
+                    while os.write(fd, b"\0" * size):
+                        pass
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+        for i in range(20):  # the first may still fit in the mirror file's last page
+            with committed():
+                record_event(action="search.completed", tenant=acme, query=f"disk full {i}" * 20)
+        data = path.read_bytes()
+        assert data.endswith(b"\n"), "a partial line was left behind"
+        assert len(data.splitlines()) < 21, "the disk never filled up"
+        assert mirror.mirror_check()[1].startswith("DEGRADED")
+        filler.unlink()  # space returns
+        with committed():
+            record_event(action="auth.logout", tenant=acme)
+        assert assert_mirror_holds_every_event_once(path, acme.pk) == list(range(1, 23))
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)
+
+
+def test_a_worker_stuck_holding_the_lock_delays_nothing_for_long(tenants, settings, tmp_path, committed,
+                                                                  monkeypatch):
+    import fcntl
+
+    path = tmp_path / "audit.jsonl"
+    settings.AUDIT_JSONL_PATH = str(path)
+    monkeypatch.setattr(mirror, "LOCK_WAIT_SECONDS", 0.2)
+    with committed():
+        record_event(action="auth.login", tenant=tenants["acme"])
+    stuck = os.open(f"{path}.state", os.O_RDWR)  # another open file: flock excludes it like another process
+    fcntl.flock(stuck, fcntl.LOCK_EX)
+    try:
+        with committed():
+            record_event(action="search.completed", tenant=tenants["acme"])
+        assert "TimeoutError" in mirror.mirror_check()[1]
+    finally:
+        os.close(stuck)
+    with committed():
+        record_event(action="auth.logout", tenant=tenants["acme"])
+    assert assert_mirror_holds_every_event_once(path, tenants["acme"].pk) == [1, 2, 3]
