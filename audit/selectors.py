@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Count, Q
 from django.db.models.functions import TruncDate
+from django.utils.translation import gettext as _
 
 from audit.canonical import compute_mac
 from audit.checkpoints import latest_checkpoint
@@ -133,14 +134,15 @@ class EventIntegrity:
 def event_integrity(event: AuditEvent) -> EventIntegrity:
     key = get_keyring().audit_keys_by_id().get(event.key_id)
     if key is None:
-        mac_ok, mac_text = False, f"MAC key {event.key_id} is not held: cannot verify"
+        mac_ok, mac_text = False, _("MAC key %(key_id)s is not held: cannot verify") % {"key_id": event.key_id}
     else:
         fields = {name: getattr(event, name) for name in MAC_FIELDS}
         mac_ok = compute_mac(key, fields) == event.mac
-        mac_text = "HMAC verifies" if mac_ok else "HMAC does NOT verify: a field was changed or forged"
+        mac_text = _("HMAC verifies") if mac_ok else _("HMAC does NOT verify: a field was changed or forged")
     if event.seq == 1:
         link_ok = event.prev_hash == GENESIS_HASH
-        link_text = "first event, links to the genesis hash" if link_ok else "first event, but prev_hash is not genesis"
+        link_text = (_("first event, links to the genesis hash") if link_ok
+                     else _("first event, but prev_hash is not genesis"))
     else:
         previous = (AuditEvent.objects.filter(chain=event.chain, seq=event.seq - 1)
                     .values_list("mac", flat=True).first())
@@ -148,14 +150,15 @@ def event_integrity(event: AuditEvent) -> EventIntegrity:
             through = archived_through(event.chain)
             if through is not None and through[0] == event.seq - 1:
                 link_ok = through[1] == event.prev_hash
-                link_text = (f"links to archived seq {through[0]}" if link_ok
-                             else "does NOT link to the archive record")
+                link_text = (_("links to archived seq %(seq)d") % {"seq": through[0]} if link_ok
+                             else _("does NOT link to the archive record"))
             else:
-                link_ok, link_text = False, f"the previous event (seq {event.seq - 1}) is missing"
+                link_ok = False
+                link_text = _("the previous event (seq %(seq)d) is missing") % {"seq": event.seq - 1}
         else:
             link_ok = previous == event.prev_hash
-            link_text = (f"links to seq {event.seq - 1}" if link_ok
-                         else f"does NOT link to seq {event.seq - 1}")
+            link_text = (_("links to seq %(seq)d") if link_ok
+                         else _("does NOT link to seq %(seq)d")) % {"seq": event.seq - 1}
     return EventIntegrity(mac_ok, link_ok, mac_text, link_text)
 
 
@@ -235,15 +238,17 @@ def chain_status(tenant) -> dict:
     head = AuditEvent.objects.filter(chain=tenant.pk).order_by("-seq").values_list("seq", flat=True).first() or 0
     if checkpoint is None:
         return {"checkpoint": None, "head_seq": head, "ok": None,
-                "text": "no checkpoint yet: run audit_checkpoint, or wait for the next periodic one"}
+                "text": _("no checkpoint yet: run audit_checkpoint, or wait for the next periodic one")}
     present = AuditEvent.objects.filter(chain=tenant.pk, seq=checkpoint.seq).values_list("mac", flat=True).first()
     if checkpoint.seq and present != checkpoint.head_hash and present is not None:
         return {"checkpoint": checkpoint, "head_seq": head, "ok": False,
-                "text": f"the event at checkpoint seq {checkpoint.seq} was rewritten"}
+                "text": _("the event at checkpoint seq %(seq)d was rewritten") % {"seq": checkpoint.seq}}
     if head < checkpoint.seq:
         return {"checkpoint": checkpoint, "head_seq": head, "ok": False,
-                "text": f"the chain ends at seq {head}, before the checkpoint at seq {checkpoint.seq}: cut back"}
+                "text": _("the chain ends at seq %(head)d, before the checkpoint at seq %(seq)d: cut back")
+                % {"head": head, "seq": checkpoint.seq}}
     report = verify_chain(tenant.pk, start_seq=checkpoint.seq + 1, start_hash=checkpoint.head_hash)
     return {"checkpoint": checkpoint, "head_seq": head, "ok": report.ok,
-            "text": (f"intact since the checkpoint at seq {checkpoint.seq} ({report.events} newer events verified)"
-                     if report.ok else report.describe())}
+            "text": (_("intact since the checkpoint at seq %(seq)d (%(events)d newer events verified)")
+                     % {"seq": checkpoint.seq, "events": report.events} if report.ok
+                     else _("broken at seq %(seq)s: %(reason)s") % {"seq": report.bad_seq, "reason": report.reason})}

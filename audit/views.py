@@ -13,7 +13,7 @@ CHART_WIDTH, CHART_HEIGHT = 720, 180
 @login_required
 @require_GET
 def dashboard(request):
-    require_capability(request, "audit.review", hide=True)
+    require_capability(request, "audit.review")
     stats = selectors.dashboard(tenant=request.tenant, days=30)
     services.audit_view_record(user=request.user, tenants=[request.tenant], context=request_context(request),
                                page="dashboard")

@@ -1,5 +1,6 @@
 from django.utils.http import url_has_allowed_host_and_scheme
 
+from portal.landing import reviews_audit
 from portal.tenancy import CAPABILITIES, acting_roles, tenants_of
 
 
@@ -22,4 +23,6 @@ def tenant(request):
         "user_tenants": tenants_of(user),
         "acting_roles": sorted(roles),
         "can": {name.replace(".", "_"): bool(roles & allowed) for name, allowed in CAPABILITIES.items()},
+        # The admin's audit review spans every organisation one reviews, not only the acting one.
+        "reviews_audit": reviews_audit(user),
     }

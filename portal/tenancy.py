@@ -91,7 +91,8 @@ def require_capability(request, capability: str, *, hide: bool = False) -> None:
     even the existence of the feature should not show. Either way, audited."""
     if not has_capability(request, capability):
         record_denial(request, action="access.denied", resource_type="capability", resource_id=capability)
-        raise Http404 if hide else PermissionDenied
+        # The capability travels with the refusal: the 403 page names the roles that grant it.
+        raise Http404 if hide else PermissionDenied(capability)
 
 
 def scoped(model_or_queryset, request) -> models.QuerySet:

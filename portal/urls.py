@@ -7,6 +7,7 @@ from portal import api, views
 
 handler404 = "portal.api_errors.api_or_page_404"
 handler500 = "portal.api_errors.api_or_page_500"
+handler403 = "portal.views.permission_denied"
 
 urlpatterns = [
     path("accounts/login/", views.LoginView.as_view(), name="login"),

@@ -8,6 +8,7 @@ from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.utils.translation import gettext as _
+from django.utils.translation import pgettext
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.context import request_context
@@ -60,9 +61,11 @@ def permission_denied(request, exception=None):
         return problem_response(403, "You do not have permission to perform this action.")
     capability = str(exception) if exception is not None and exception.args else ""
     tenant = getattr(request, "tenant", None)
+    held = [role for role in Role if role in acting_roles(request)] if tenant else []
+    separator = pgettext("list separator", ", ")
     return render(request, "403.html", {
-        "needed_roles": [role.label for role in roles_for(capability)],
-        "held_roles": [role.label for role in Role if role in acting_roles(request)] if tenant else [],
+        "needed_roles": separator.join(str(role.label) for role in roles_for(capability)),
+        "held_roles": separator.join(str(role.label) for role in held),
         "start_url": landing_url(request) if getattr(request.user, "is_authenticated", False) else "/",
     }, status=403)
 

@@ -1,6 +1,7 @@
 from django import forms
 from django.conf import settings
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 TOP_K_CHOICES = [(k, str(k)) for k in (1, 3, 5, 10, 20)]
 
@@ -8,7 +9,8 @@ TOP_K_CHOICES = [(k, str(k)) for k in (1, 3, 5, 10, 20)]
 class SearchForm(forms.Form):
     kb = forms.TypedChoiceField(coerce=int, label=_("Knowledge base"))
     query = forms.CharField(label=_("Question"), max_length=settings.SEARCH_MAX_QUERY_CHARS, strip=True)
-    top_k = forms.TypedChoiceField(coerce=int, choices=TOP_K_CHOICES, initial=5, label=_("Results"))
+    top_k = forms.TypedChoiceField(coerce=int, choices=TOP_K_CHOICES, initial=5,
+                                   label=pgettext_lazy("how many", "Results"))
 
     def __init__(self, *args, kbs=(), **kwargs):
         super().__init__(*args, **kwargs)
@@ -18,7 +20,8 @@ class SearchForm(forms.Form):
 class RadarForm(forms.Form):
     documents = forms.CharField(label=_("Lines to search (one per line)"), widget=forms.Textarea, strip=True)
     query = forms.CharField(label=_("Question"), max_length=settings.SEARCH_MAX_QUERY_CHARS, strip=True)
-    top_k = forms.TypedChoiceField(coerce=int, choices=TOP_K_CHOICES, initial=5, label=_("Results"))
+    top_k = forms.TypedChoiceField(coerce=int, choices=TOP_K_CHOICES, initial=5,
+                                   label=pgettext_lazy("how many", "Results"))
 
 
 class KbCreateForm(forms.Form):

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_POST
 
 from audit.context import request_context
 from portal.api_errors import problem
+from portal.landing import landing_url
 from portal.tenancy import has_capability, require_capability
 from search import selectors, services
 from search.failures import failure_status
@@ -29,7 +30,8 @@ def _failure_message(exc) -> tuple[int, str]:
 @login_required
 def home(request):
     if not has_capability(request, "search"):
-        return render(request, "search/no_search.html")
+        start = landing_url(request)  # a compliance officer's work is the dashboard
+        return redirect(start) if start != request.path else render(request, "search/no_search.html")
     kbs = list(selectors.kb_list(request))
     form = SearchForm(request.POST or None, kbs=kbs, initial={"kb": kbs[0].pk if kbs else None})
     result, error, status = None, None, 200

@@ -31,5 +31,7 @@ def test_dashboard_view_is_audited(searches, people, login):
     assert AuditEvent.objects.filter(action="audit.view", detail__page="dashboard", tenant__slug="acme").count() == 1
 
 
-def test_dashboard_is_404_for_a_searcher(searches, people, login):
-    assert login(people["searcher"]).get(URL).status_code == 404
+def test_dashboard_is_403_naming_the_role_for_a_searcher(searches, people, login):
+    response = login(people["searcher"]).get(URL)
+    assert response.status_code == 403
+    assert b"Compliance officer" in response.content and b"another organisation" not in response.content
