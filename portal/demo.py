@@ -16,6 +16,11 @@ DEMO_USERS = [
 _demo_hooks = []
 
 
+class DemoSetupError(Exception):
+    """A demo hook cannot do its part (no model bundle, say): one line for the
+    operator that names the setting to fix. Nothing is written (one transaction)."""
+
+
 def register_demo_hook(hook) -> None:
     """Other apps add their demo data (the search app: the demo knowledge base)."""
     if hook not in _demo_hooks:

@@ -52,6 +52,7 @@ def _record_model_open(*, outcome, context, resource_id, detail, model_id="") ->
 
 def demo_knowledge_base(tenants) -> list[str]:
     """The demo FAQ in acme, embedded with the served model (opened here if needed)."""
+    from portal.demo import DemoSetupError
     from search.engine import get_engine, EngineUnavailable
     from search.models import KnowledgeBase
     from search.parsing import parse_entries
@@ -63,7 +64,14 @@ def demo_knowledge_base(tenants) -> list[str]:
     try:
         get_engine()
     except EngineUnavailable:
-        open_engine(settings.EMBED_MODEL_PATH, get_keyring().model_key, "cpu")
+        path = Path(settings.EMBED_MODEL_PATH)
+        if not path.is_file():
+            raise DemoSetupError(f"no model bundle at EMBED_MODEL_PATH={path}: seal one with "
+                                 "`manage.py model_seal SRC OUT` or point EMBED_MODEL_PATH at it") from None
+        try:
+            open_engine(path, get_keyring().model_key, "cpu")
+        except Exception as exc:  # noqa: BLE001  wrong key, tampered bundle…: one line, no traceback
+            raise DemoSetupError(f"the model bundle at EMBED_MODEL_PATH={path} did not open: {exc}") from None
     context = command_context("demo_setup")
     kb = kb_create(tenant=acme, name=DEMO_KB_NAME, description="60 questions staff ask the IT desk",
                    user=None, context=context)

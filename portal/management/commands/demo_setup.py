@@ -1,9 +1,9 @@
 import os
 import secrets
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from portal.demo import DEMO_USERS, demo_setup
+from portal.demo import DEMO_USERS, DemoSetupError, demo_setup
 
 
 class Command(BaseCommand):
@@ -14,7 +14,10 @@ class Command(BaseCommand):
         generated = not password
         if generated:
             password = secrets.token_urlsafe(12)
-        created = demo_setup(password=password, set_existing_passwords=not generated)
+        try:
+            created = demo_setup(password=password, set_existing_passwords=not generated)
+        except DemoSetupError as exc:
+            raise CommandError(str(exc)) from None
         for line in created:
             self.stdout.write(line)
         users = ", ".join(f"{name} ({role} @ {tenant})" for name, tenant, role in DEMO_USERS)
