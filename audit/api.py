@@ -5,7 +5,8 @@ import datetime as dt
 import tempfile
 
 from django.http import FileResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
+from drf_spectacular.utils import (OpenApiExample, OpenApiParameter, extend_schema, extend_schema_serializer,
+                                   inline_serializer)
 from rest_framework import exceptions, serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
@@ -31,6 +32,11 @@ class ServiceUnavailable(exceptions.APIException):
 def _acting_compliance_tenant(request):
     require_capability(request._request, "audit.review", hide=True)
     return request._request.tenant
+
+
+# Examples of a range, so generated requests (schemathesis) reach the answers a valid range gets.
+RANGE_EXAMPLES = {"from": [OpenApiExample("a day", value="2020-01-01")],
+                  "to": [OpenApiExample("a later day", value="2030-12-31")]}
 
 
 class AuditEventPagination(CursorPagination):
@@ -75,7 +81,8 @@ class AuditEventListApi(APIView):
     pagination_class = AuditEventPagination  # what the schema documents; get() pages with it
 
     @extend_schema(summary="List audit events (compliance role), newest first, a cursor page at a time",
-                   tags=["audit"], parameters=[OpenApiParameter(name, str, required=False) for name in (
+                   tags=["audit"], parameters=[OpenApiParameter(name, str, required=False,
+                                                                examples=RANGE_EXAMPLES.get(name)) for name in (
                        "from", "to", "action", "outcome", "user_id", "username", "kb_id", "request_id",
                        "client_ip", "q", "cursor", "limit")], responses=OutputSerializer(many=True))
     def get(self, request):
@@ -108,7 +115,8 @@ class AuditExportApi(APIView):
     extra_problem_statuses = [403]  # a presigned URL that does not verify (portal.openapi)
 
     @extend_schema(summary="Download a signed audit export of a time range", tags=["audit"],
-                   parameters=[OpenApiParameter(name, str, required=name in ("from", "to")) for name in (
+                   parameters=[OpenApiParameter(name, str, required=name in ("from", "to"),
+                                                examples=RANGE_EXAMPLES.get(name)) for name in (
         "from", "to", "recipient", "tenant", "expires", "by", "sig")],
         responses={(200, "application/octet-stream"): bytes})
     def get(self, request):
@@ -161,7 +169,9 @@ class AuditExportPresignApi(APIView):
 
     @extend_schema(summary="Create a time-limited presigned export URL", tags=["audit"], request=InputSerializer,
                    responses=inline_serializer("AuditExportPresign", {
-                       "url": serializers.URLField(), "expires": serializers.DateTimeField()}))
+                       "url": serializers.URLField(), "expires": serializers.DateTimeField()}),
+                   examples=[OpenApiExample("a decade", request_only=True, value={
+                       "from": "2020-01-01", "to": "2030-12-31", "expires_in": 600})])
     def post(self, request):
         tenant = _acting_compliance_tenant(request)
         data = self.InputSerializer(data=request.data)

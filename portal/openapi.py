@@ -24,6 +24,7 @@ PROBLEM_STATUSES = {
     401: "No valid credentials: a missing, unknown, expired or revoked token.",
     403: "Refused: a session request without its CSRF token, or a presigned URL that does not verify.",
     404: "Not found, or not the acting tenant's (or the role does not allow it; never 403).",
+    409: "Conflict: the knowledge base was embedded with another model than the one served.",
     413: "Too large: the body, a query or a list is over its limit (the problem names the limit).",
     415: "The body is not application/json.",
     429: "Too many requests for this token or user; retry after the Retry-After header's seconds.",
@@ -44,7 +45,8 @@ class PortalAutoSchema(AutoSchema):
             codes.append(403)
         if self.path_regex_has_ids() or getattr(self.view, "hides_refusals", True):
             codes.append(404)
-        codes += getattr(self.view, "extra_problem_statuses", [])
+        extra = getattr(self.view, "extra_problem_statuses", ())  # a list, or a list per method
+        codes += extra.get(self.method, []) if isinstance(extra, dict) else list(extra)
         return sorted(set(codes))
 
     def path_regex_has_ids(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import ParseError
 from rest_framework.pagination import LimitOffsetPagination
@@ -117,6 +117,7 @@ def search_response(request, result: services.SearchResult) -> Response:
 
 class SearchApi(TenantApiView):
     capabilities = {"POST": "search"}
+    extra_problem_statuses = [409]  # services.ModelMismatch (portal.openapi)
 
     class SearchInputSerializer(serializers.Serializer):
         kb = serializers.JSONField(help_text="knowledge base id (integer) or name")
@@ -124,7 +125,8 @@ class SearchApi(TenantApiView):
         top_k = StrictIntegerField(required=False, default=5)
 
     @extend_schema(summary="Search a knowledge base", tags=["search"], request=SearchInputSerializer,
-                   responses=SearchOutputSerializer)
+                   responses=SearchOutputSerializer, examples=[OpenApiExample(
+                       "by name", request_only=True, value={"kb": "FAQ", "query": "reset my password", "top_k": 3})])
     def post(self, request):
         data = self.validated(self.SearchInputSerializer)
         if not isinstance(data["kb"], (int, str)) or isinstance(data["kb"], bool):
@@ -144,7 +146,10 @@ class RadarApi(TenantApiView):
         top_k = StrictIntegerField(required=False, default=5)
 
     @extend_schema(summary="Search pasted lines without storing them (semantic radar)", tags=["search"],
-                   request=RadarInputSerializer, responses=SearchOutputSerializer)
+                   request=RadarInputSerializer, responses=SearchOutputSerializer, examples=[OpenApiExample(
+                       "two lines", request_only=True, value={
+                           "documents": ["reset a password", "renew the VPN token"], "query": "password",
+                           "top_k": 1})])
     def post(self, request):
         data = self.validated(self.RadarInputSerializer)
         result = services.radar_search(tenant=self.tenant, documents=data["documents"], query=data["query"],
@@ -173,7 +178,8 @@ class KbListApi(TenantApiView):
         return Response({"results": KbOutputSerializer(selectors.kb_list(request._request), many=True).data})
 
     @extend_schema(summary="Create a knowledge base", tags=["knowledge bases"], request=KbCreateInputSerializer,
-                   responses={201: KbOutputSerializer})
+                   responses={201: KbOutputSerializer}, examples=[OpenApiExample(
+                       "handbook", request_only=True, value={"name": "Handbook", "description": "HR questions"})])
     def post(self, request):
         data = self.validated(self.KbCreateInputSerializer)
         kb = services.kb_create(tenant=self.tenant, name=data["name"], description=data["description"],
@@ -222,6 +228,7 @@ class DocumentsAddedSerializer(serializers.Serializer):
 class DocumentListApi(TenantApiView):
     capabilities = {"GET": "kb.read", "POST": "kb.manage"}
     pagination_class = DocumentPagination  # what the schema documents; get() pages with it
+    extra_problem_statuses = {"POST": [409]}  # services.ModelMismatch (portal.openapi)
 
     class DocumentsAddInputSerializer(serializers.Serializer):
         documents = serializers.ListField(child=serializers.JSONField(), allow_empty=False,
@@ -238,7 +245,9 @@ class DocumentListApi(TenantApiView):
         return paginator.get_paginated_response(DocumentOutputSerializer(page, many=True).data)
 
     @extend_schema(summary="Add documents to a knowledge base (bulk)", tags=["documents"],
-                   request=DocumentsAddInputSerializer, responses={201: DocumentsAddedSerializer})
+                   request=DocumentsAddInputSerializer, responses={201: DocumentsAddedSerializer},
+                   examples=[OpenApiExample("a string and an object", request_only=True, value={
+                       "documents": ["Lunch is served at noon.", {"text": "The lobby opens at seven."}]})])
     def post(self, request, kb_id: int):
         kb = kb_from_reference(request._request, kb_id)
         data = self.validated(self.DocumentsAddInputSerializer)
@@ -298,7 +307,9 @@ class EmbeddingsApi(TenantApiView):
         user = serializers.CharField(required=False, allow_blank=True)
 
     @extend_schema(summary="Create embeddings (the OpenAI embeddings API)", tags=["embeddings"],
-                   request=EmbeddingsInputSerializer, responses=EmbeddingsOutputSerializer)
+                   request=EmbeddingsInputSerializer, responses=EmbeddingsOutputSerializer,
+                   examples=[OpenApiExample("two inputs, 64 dimensions", request_only=True, value={
+                       "input": ["a printer", "a VPN token"], "dimensions": 64})])
     def post(self, request):
         data = self.validated(self.EmbeddingsInputSerializer)
         result, engine = services.embeddings_create(tenant=self.tenant, inputs=data["input"],
