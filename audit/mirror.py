@@ -23,9 +23,10 @@ Nothing is lost when a write fails (a full disk, a missing folder):
   file had before it, so the file never ends in a partial line; a partial
   line left by a worker killed mid-write is cut off by the next append.
 
-A chain the mirror has never seen (no state, and not in the file's last
-``TAIL_SCAN_BYTES``) is mirrored from its next event on: switching the mirror
-on does not replay the history.
+A chain the mirror has no record of (no state, and not in the file's last
+``TAIL_SCAN_BYTES``) is mirrored from its first event: switching the mirror
+on for a portal with history replays that history, ``CATCH_UP_BATCH`` events
+per append, before the new events.
 """
 from __future__ import annotations
 
@@ -240,10 +241,10 @@ def _mirror(path: str, values: dict) -> tuple[int, int, bool]:
         _take_turn(lock)
         state = _load_state(lock, path)
         memory = _memory[path]
-        last = state["chains"].get(chain)
-        if last is None:
-            last = seq - 1  # a chain new to the mirror starts with this event
-            state["chains"][chain] = memory["chains"][chain] = last
+        # A chain the mirror has no record of is mirrored from its start: only
+        # that is the same in every worker, whatever failed before (a first
+        # append that failed in one worker must not be skipped by the next).
+        last = state["chains"].get(chain, 0)
         if seq <= last:  # another append already caught up past it
             memory.update(state)
             return 0, 0, True

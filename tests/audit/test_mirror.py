@@ -257,3 +257,41 @@ def test_a_worker_stuck_holding_the_lock_delays_nothing_for_long(tenants, settin
     with committed():
         record_event(action="auth.logout", tenant=tenants["acme"])
     assert assert_mirror_holds_every_event_once(path, tenants["acme"].pk) == [1, 2, 3]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_workers_in_separate_processes_mirror_every_event_once_in_order(tenants, settings, tmp_path, monkeypatch):
+    """Four forked workers append to two chains at once, the disk failing for
+    a while in between: the file ends with every event once, in seq order per chain."""
+    import multiprocessing
+
+    from django.db import connections
+
+    path = tmp_path / "audit.jsonl"
+    settings.AUDIT_JSONL_PATH = str(path)
+    acme, globex = tenants["acme"], tenants["globex"]
+
+    def worker(number):
+        connections.close_all()
+        if number == 0:
+            FullDisk(monkeypatch, room=0)  # this worker's disk is "full" for its first appends
+        for i in range(25):
+            if number == 0 and i == 10:
+                mirror._write = os.write
+            record_event(action="search.completed", tenant=acme if (number + i) % 2 else globex, query=f"{number}/{i}")
+        connections.close_all()
+
+    connections.close_all()
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=worker, args=(n,)) for n in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+        assert process.exitcode == 0
+    record_event(action="auth.login", tenant=acme)
+    record_event(action="auth.login", tenant=globex)
+    assert AuditEvent.objects.count() == 102
+    acme_seqs = assert_mirror_holds_every_event_once(path, acme.pk)
+    globex_seqs = assert_mirror_holds_every_event_once(path, globex.pk)
+    assert len(acme_seqs) + len(globex_seqs) == 102
