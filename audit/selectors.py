@@ -25,6 +25,13 @@ from keystore.keys import get_keyring
 from portal.models import Membership, Role, Tenant
 
 SEARCH_ACTIONS = ("search.completed", "search.failed")
+# Events that record reading the audit log itself: every page an officer opens
+# adds one, so lists hide them by default (they stay in the chain).
+REVIEW_ACTIONS = ("audit.view",)
+
+
+def without_review_events(queryset):
+    return queryset.exclude(action__in=REVIEW_ACTIONS)
 
 
 def reviewable_tenant_ids(user) -> list[int] | None:

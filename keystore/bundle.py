@@ -55,6 +55,14 @@ _TABLE_LENGTH = struct.Struct(">Q")
 _CHUNK_KEY_INFO = b"q3e-seal/v1/chunk-key"
 _HEADER_MAC_INFO = b"q3e-seal/v1/header-mac"
 _PUBLIC_FIELDS = ("format_version", "key_id", "chunk_size", "chunk_count", "plaintext_size")
+# ISO 639-1: the codes a bundle may name as the languages its model reads.
+ISO_639_1 = frozenset("""
+aa ab ae af ak am an ar as av ay az ba be bg bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz ee el
+en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik io is it
+iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt
+my na nb nd ne ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl
+sm sn so sq sr ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo
+za zh zu""".split())
 
 
 class BundleError(Exception):
@@ -153,6 +161,16 @@ class OpenedBundle:
     @property
     def model_id(self) -> str | None:
         return self.table.get("model_id")
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """ISO 639-1 codes of the languages the model reads; empty when the sealer did not say."""
+        return tuple(self.table.get("languages") or ())
+
+    @property
+    def relevance_floor(self) -> float | None:
+        """The calibrated cosine under which a hit is a weak match; None when not calibrated."""
+        return self.table.get("relevance_floor")
 
     def wipe(self) -> None:
         """Zero the plaintext and drop the views; tensors made from them read zeros afterwards."""
@@ -463,6 +481,27 @@ def _default_model_id(src_dir: str | os.PathLike | None, sources: Mapping[str, P
     return folder.name
 
 
+def check_languages(languages: Iterable[str] | None) -> list[str]:
+    """Lower-cased, de-duplicated ISO 639-1 codes, in the given order; BundleError for any other code."""
+    codes: list[str] = []
+    for raw in languages or ():
+        code = str(raw).strip().lower()
+        if code not in ISO_639_1:
+            raise BundleError(f"{raw!r} is not an ISO 639-1 language code (two letters, such as en or zh)")
+        if code not in codes:
+            codes.append(code)
+    return codes
+
+
+def check_relevance_floor(value: float | None) -> float | None:
+    """A cosine score from 0 to 1, or None; BundleError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise BundleError(f"the relevance floor must be a number from 0 to 1, not {value!r}")
+    return float(value)
+
+
 class _ChunkWriter:
     """Turns a plaintext byte stream into sealed chunks, holding one chunk in memory."""
 
@@ -535,8 +574,14 @@ def seal_bundle(
     progress: Callable[[int, int], None] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
     skip: Iterable[str] = (),
+    languages: Iterable[str] | None = None,
+    relevance_floor: float | None = None,
 ) -> dict[str, Any]:
     """Seal every file of ``src_dir`` (plus ``extra_files``, minus ``skip``) into ``out_path``.
+
+    ``languages`` (ISO 639-1 codes) and ``relevance_floor`` (the cosine under
+    which a hit counts as a weak match, calibrated on the model) are recorded
+    in the sealed file table, so they are as private as the model's name.
 
     ``extra_files`` lets a caller add or replace files from memory (weights
     converted from pickle to safetensors) so no plaintext conversion touches the
@@ -547,6 +592,8 @@ def seal_bundle(
     key = _check_key(key)
     if not (0 < chunk_size <= MAX_CHUNK_SIZE):
         raise BundleError(f"chunk size must be between 1 and {MAX_CHUNK_SIZE} bytes")
+    codes = check_languages(languages)
+    relevance_floor = check_relevance_floor(relevance_floor)
     entries = _collect_files(src_dir, extra_files or {}, skip)
     sources = dict(entries)
     sizes = {name: (src.stat().st_size if isinstance(src, Path) else len(src)) for name, src in entries}
@@ -567,6 +614,8 @@ def seal_bundle(
         "model_type": config.get("model_type") if isinstance(config, dict) else None,
         "sealed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "sentence_transformers": st_metadata if st_metadata["modules"] is not None else None,
+        "languages": codes,
+        "relevance_floor": relevance_floor,
         "files": files,
     }
     table_bytes = json.dumps(table, ensure_ascii=False, separators=(",", ":")).encode()

@@ -233,6 +233,16 @@ AUDIT_ADMIN_COUNT_AHEAD_PAGES = 10
 # --- search: knowledge bases, limits, throttles ------------------------------
 SEARCH_MAX_QUERY_CHARS = _env_int("SEARCH_MAX_QUERY_CHARS", 2000)
 SEARCH_MAX_TOP_K = _env_int("SEARCH_MAX_TOP_K", 50)
+# Relevance floor (cosine, 0..1) for a model sealed without a calibrated one
+# (model_seal --relevance-floor) and a knowledge base without its own: hits
+# under it are weak matches. Empty: no floor, every hit is a match.
+try:
+    SEARCH_DEFAULT_MIN_SCORE = env.float("SEARCH_DEFAULT_MIN_SCORE", default=None)
+    if SEARCH_DEFAULT_MIN_SCORE is not None and not 0.0 <= SEARCH_DEFAULT_MIN_SCORE <= 1.0:
+        raise ValueError
+except ValueError:
+    SETTINGS_ERRORS.append("SEARCH_DEFAULT_MIN_SCORE must be a number from 0 to 1")
+    SEARCH_DEFAULT_MIN_SCORE = None
 RADAR_MAX_LINES = _env_int("RADAR_MAX_LINES", 2000)
 KB_MAX_UPLOAD_BYTES = _env_int("KB_MAX_UPLOAD_BYTES", 8 * 1024 * 1024)
 KB_MAX_IMPORT_ENTRIES = _env_int("KB_MAX_IMPORT_ENTRIES", 200_000)

@@ -37,6 +37,15 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class StrictFloatField(serializers.FloatField):
+    """A JSON number, not a string or a boolean DRF would quietly turn into one."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class TenantApiView(APIView):
     # Base of every search API view: a capability per method (deny unless
     # listed), domain errors as problem+json. (A comment, not a docstring:
@@ -93,25 +102,48 @@ class ResultSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     text = serializers.CharField()
     score = serializers.FloatField()
+    weak = serializers.BooleanField(help_text="the score is under min_score: a weak match, not an answer")
+
+
+class ServedModelSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="the served model's name")
+    languages = serializers.ListField(child=serializers.CharField(), help_text=(
+        "ISO 639-1 codes of the languages the model reads, from its sealed bundle; empty when not stated"))
+    relevance_floor = serializers.FloatField(allow_null=True, help_text=(
+        "the model's calibrated relevance floor; null when the bundle has none"))
+
+
+class QueryWarningSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(choices=["query_script_not_read"])
+    message = serializers.CharField()
+    scripts = serializers.ListField(child=serializers.CharField(), help_text="the query's scripts the model does "
+                                    "not read (Unicode script names: Han, Cyrillic, Arabic, ...)")
+    languages = serializers.ListField(child=serializers.CharField(), help_text="the languages the model reads")
 
 
 class SearchOutputSerializer(serializers.Serializer):
     results = ResultSerializer(many=True)
     latency_ms = serializers.FloatField()
     request_id = serializers.CharField()
-    model = serializers.CharField()
+    model = ServedModelSerializer()
+    min_score = serializers.FloatField(allow_null=True, help_text=(
+        "the relevance floor applied: the knowledge base's own, else the model's calibrated one; "
+        "null when there is none and no hit is weak"))
     query_truncated = serializers.BooleanField()
+    warnings = QueryWarningSerializer(many=True, help_text="reasons to doubt the results; the search still ran")
 
 
 def search_response(request, result: services.SearchResult) -> Response:
     # The shape SearchOutputSerializer documents, built directly: running the
     # serializer over values the service already typed only cost time.
     return Response({
-        "results": [{"id": h.id, "text": h.text, "score": round(h.score, 6)} for h in result.hits],
+        "results": [{"id": h.id, "text": h.text, "score": round(h.score, 6), "weak": h.weak} for h in result.hits],
         "latency_ms": round(result.latency_ms, 3),
         "request_id": request._request.request_id,
-        "model": result.model_id,
+        "model": result.model.as_dict(),
+        "min_score": result.min_score,
         "query_truncated": result.query_truncated,
+        "warnings": [w.as_dict() for w in result.warnings],
     })
 
 
@@ -162,7 +194,7 @@ class KbOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = KnowledgeBase
-        fields = ["id", "name", "description", "model_id", "dimensions", "line_count", "created_at"]
+        fields = ["id", "name", "description", "model_id", "dimensions", "min_score", "line_count", "created_at"]
 
 
 class KbListApi(TenantApiView):
@@ -171,6 +203,10 @@ class KbListApi(TenantApiView):
     class KbCreateInputSerializer(serializers.Serializer):
         name = StrictCharField(max_length=200)
         description = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
+        min_score = StrictFloatField(required=False, allow_null=True, default=None, min_value=0.0,
+                                           max_value=1.0, help_text=(
+                                               "relevance floor (cosine 0..1): hits under it are weak matches; "
+                                               "null or absent: the served model's calibrated default"))
 
     @extend_schema(summary="List knowledge bases", tags=["knowledge bases"], operation_id="api_v1_kbs_list",
                    responses=inline_serializer("KbList", {"results": KbOutputSerializer(many=True)}))
@@ -183,7 +219,7 @@ class KbListApi(TenantApiView):
     def post(self, request):
         data = self.validated(self.KbCreateInputSerializer)
         kb = services.kb_create(tenant=self.tenant, name=data["name"], description=data["description"],
-                                user=request.user, context=self.context())
+                                user=request.user, context=self.context(), min_score=data["min_score"])
         return Response(KbOutputSerializer(kb).data, status=201)
 
 

@@ -454,6 +454,8 @@ class Engine:
         bundle: OpenedBundle | None,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        languages: Sequence[str] = (),
+        relevance_floor: float | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -461,6 +463,8 @@ class Engine:
         self.device = str(device)
         self.model_id = model_id
         self.key_id = key_id
+        self.languages = tuple(languages)  # ISO 639-1 codes from the sealed metadata; empty: not stated
+        self.relevance_floor = relevance_floor  # calibrated weak-match cosine from the sealed metadata
         self.dtype = next(model.parameters()).dtype
         self.dimensions = int(model.config.hidden_size)
         self.max_tokens = settings.max_seq_length
@@ -486,6 +490,7 @@ class Engine:
             model = _build_model(config, _weights(bundle.files))
             model_id = bundle.model_id or config.name_or_path or "unnamed-model"
             key_id = bundle.header["key_id"]
+            metadata = {"languages": bundle.languages, "relevance_floor": bundle.relevance_floor}
             if torch_device.type == "cuda":
                 half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
                 _move_parameters(model, torch_device, half)
@@ -499,6 +504,7 @@ class Engine:
                 model_id=model_id,
                 key_id=key_id,
                 bundle=bundle,
+                **metadata,
                 **options,
             )
         except BaseException as exc:
@@ -509,7 +515,8 @@ class Engine:
             raise EngineError(f"the sealed model could not be built: {exc.__class__.__name__}: {exc}") from exc
 
     @classmethod
-    def open_folder(cls, folder: str | os.PathLike, *, model_id: str, device: str = "cpu") -> "Engine":
+    def open_folder(cls, folder: str | os.PathLike, *, model_id: str, device: str = "cpu",
+                    languages: Sequence[str] = (), relevance_floor: float | None = None) -> "Engine":
         """A plaintext model folder, built exactly like a bundle. For benchmarks
         and parity checks only: the portal itself opens sealed bundles alone."""
         root = Path(folder)
@@ -522,7 +529,7 @@ class Engine:
         settings = _read_settings(files, config)
         engine = cls(model=_build_model(config, _weights(files)), tokenizer=_tokenizer(files, settings),
                      settings=settings, device=resolve_device(device), model_id=model_id, key_id="plaintext",
-                     bundle=None)
+                     bundle=None, languages=languages, relevance_floor=relevance_floor)
         engine._plaintext_files = files  # the weights are views into these bytes
         return engine
 

@@ -27,6 +27,7 @@ class RadarForm(forms.Form):
 class KbCreateForm(forms.Form):
     name = forms.CharField(max_length=200, label=_("Name"))
     description = forms.CharField(max_length=500, required=False, label=_("Description"))
+    min_score = forms.FloatField(required=False, min_value=0.0, max_value=1.0, label=_("Relevance floor"))
 
 
 class UploadForm(forms.Form):

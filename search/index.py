@@ -23,6 +23,7 @@ class Hit:
     text: str
     score: float
     source_line: int | None
+    weak: bool = False  # under the relevance floor: shown folded, flagged in the API
 
     @property
     def bar_percent(self) -> int:

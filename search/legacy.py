@@ -94,13 +94,16 @@ def seal_model_folder(
     model_id: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Callable[[int, int], None] | None = None,
+    **metadata: Any,
 ) -> dict[str, Any]:
-    """``seal_bundle`` for a model folder whose weights may be pickled (converted in memory)."""
+    """``seal_bundle`` for a model folder whose weights may be pickled (converted in memory).
+    ``metadata``: ``languages`` and ``relevance_floor``, as for ``seal_bundle``."""
     if not Path(src).is_dir():
         raise BundleError(f"{src} is not a folder")
     extra, skip = prepare_model_folder(src)
     return seal_bundle(
-        src, out_path, key, chunk_size=chunk_size, model_id=model_id, progress=progress, extra_files=extra, skip=skip
+        src, out_path, key, chunk_size=chunk_size, model_id=model_id, progress=progress, extra_files=extra, skip=skip,
+        **metadata,
     )
 
 
@@ -114,6 +117,7 @@ def reseal_legacy_cbc(
     model_id: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Callable[[int, int], None] | None = None,
+    **metadata: Any,
 ) -> dict[str, Any]:
     """Re-seal a legacy ``.q3e.enc`` (AES-256-CBC of a ``torch.save``d state dict) as a bundle.
 
@@ -137,4 +141,5 @@ def reseal_legacy_cbc(
         progress=progress,
         extra_files={"model.safetensors": weights},
         skip=skip,
+        **metadata,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from django.conf import settings
@@ -14,8 +14,9 @@ from django.utils.translation import gettext as _
 
 from audit.models import Outcome
 from audit.services import record_event
-from search.engine import get_engine
+from search.engine import EngineUnavailable, get_engine
 from search.index import Hit, best_rows, kb_indexes
+from search.languages import language_name, script_name, unread_scripts
 from search.models import Document, KnowledgeBase, new_revision
 from search.parsing import Entry
 
@@ -41,6 +42,101 @@ class SearchResult:
     model_id: str
     line_count: int
     query_truncated: bool = False
+    min_score: float | None = None  # the relevance floor applied; None: none
+    model: "ModelInfo | None" = None
+    warnings: list["QueryWarning"] = field(default_factory=list)
+
+    @property
+    def strong_hits(self) -> list[Hit]:
+        return [h for h in self.hits if not h.weak]
+
+    @property
+    def weak_hits(self) -> list[Hit]:
+        return [h for h in self.hits if h.weak]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the portal tells about the served model: its name, the languages
+    it reads and its calibrated relevance floor (all from the sealed bundle)."""
+
+    id: str
+    languages: tuple[str, ...]
+    relevance_floor: float | None
+
+    @property
+    def language_names(self) -> list[str]:
+        """The languages' names in the active language."""
+        return [language_name(code) for code in self.languages]
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "languages": list(self.languages), "relevance_floor": self.relevance_floor}
+
+
+@dataclass(frozen=True)
+class QueryWarning:
+    """Something about a query that makes its results doubtful (the search still runs)."""
+
+    code: str
+    scripts: tuple[str, ...]
+    languages: tuple[str, ...]
+
+    @property
+    def script_names(self) -> list[str]:
+        return [script_name(s) for s in self.scripts]
+
+    @property
+    def message(self) -> str:  # the API's, in English like its other messages
+        return (f"the query is written in {', '.join(self.scripts)}, which the model does not read "
+                f"(languages: {', '.join(self.languages)}); results may be poor")
+
+    def as_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "scripts": list(self.scripts),
+                "languages": list(self.languages)}
+
+
+def model_info(engine) -> ModelInfo:
+    return ModelInfo(engine.model_id, tuple(engine.languages), engine.relevance_floor)
+
+
+def served_model() -> ModelInfo | None:
+    """The model this process serves, or None when it is not open (pages then say nothing about it)."""
+    try:
+        return model_info(get_engine())
+    except EngineUnavailable:
+        return None
+
+
+def relevance_floor(engine, kb: KnowledgeBase | None = None) -> float | None:
+    """The knowledge base's own floor, else the model's calibrated one, else the setting's (None: no floor)."""
+    if kb is not None and kb.min_score is not None:
+        return kb.min_score
+    if engine.relevance_floor is not None:
+        return engine.relevance_floor
+    return settings.SEARCH_DEFAULT_MIN_SCORE
+
+
+def mark_weak(hits: list[Hit], floor: float | None) -> list[Hit]:
+    """The hits with ``weak`` set on those scoring under ``floor``; order and scores unchanged."""
+    if floor is None:
+        return hits
+    return [replace(h, weak=h.score < floor) for h in hits]
+
+
+def query_warnings(query: str, engine) -> list[QueryWarning]:
+    """A warning when the query is written in a script none of the model's languages uses."""
+    scripts = unread_scripts(query, engine.languages)
+    if not scripts:
+        return []
+    return [QueryWarning("query_script_not_read", tuple(scripts), tuple(engine.languages))]
+
+
+def _finish(result: SearchResult, engine, query: str, kb: KnowledgeBase | None = None) -> SearchResult:
+    result.min_score = relevance_floor(engine, kb)
+    result.hits = mark_weak(result.hits, result.min_score)
+    result.model = model_info(engine)
+    result.warnings = query_warnings(query, engine)
+    return result
 
 
 @dataclass
@@ -78,7 +174,18 @@ def check_top_k(top_k_value) -> int:
 # --- knowledge bases and documents ---------------------------------------------------
 
 
-def kb_create(*, tenant, name: str, description: str = "", user, context: dict | None = None) -> KnowledgeBase:
+def check_min_score(value) -> float | None:
+    """A knowledge base's relevance floor: None (the model's default) or a cosine from 0 to 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise SearchInputError(_("The relevance floor must be a number from 0 to 1."))
+    return float(value)
+
+
+def kb_create(*, tenant, name: str, description: str = "", user, context: dict | None = None,
+              min_score: float | None = None) -> KnowledgeBase:
+    min_score = check_min_score(min_score)
     name = (name or "").strip()
     if not name:
         raise SearchInputError(_("name is empty"))
@@ -87,9 +194,10 @@ def kb_create(*, tenant, name: str, description: str = "", user, context: dict |
     try:
         with transaction.atomic():
             kb = KnowledgeBase.objects.create(tenant=tenant, name=name, description=description[:500],
-                                              created_by=user)
+                                              created_by=user, min_score=min_score)
             record_event(action="kb.create", tenant=tenant, user=user, context=context,
-                         resource_type="knowledge_base", resource_id=str(kb.pk), kb_id=kb.pk, kb_name=kb.name)
+                         resource_type="knowledge_base", resource_id=str(kb.pk), kb_id=kb.pk, kb_name=kb.name,
+                         detail={"min_score": min_score} if min_score is not None else None)
     except IntegrityError:
         raise SearchInputError(_("a knowledge base named %(name)s already exists") % {"name": repr(name)}) from None
     return kb
@@ -223,8 +331,8 @@ def search_kb(*, kb: KnowledgeBase, query: str, top_k: int, user, context: dict 
         record_event(action="search.failed", outcome=Outcome.FAILURE, **common,
                      latency_ms=(time.perf_counter() - started) * 1e3, detail={"error": exc.__class__.__name__})
         raise
-    result = SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, line_count,
-                          embedded.truncated[0])
+    result = _finish(SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, line_count,
+                                  embedded.truncated[0]), engine, query, kb)
     record_event(action="search.completed", **{**common, **_search_fields(result)},
                  detail={"query_truncated": True} if result.query_truncated else None)
     return result
@@ -260,8 +368,8 @@ def radar_search(*, tenant, documents: list, query: str, top_k: int, user, conte
                      latency_ms=(time.perf_counter() - started) * 1e3, detail={"error": exc.__class__.__name__})
         raise
     hits = [Hit(int(i) + 1, lines[i], float(s), int(i) + 1) for i, s in zip(order, scores)]
-    result = SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, len(lines),
-                          embedded.truncated[0])
+    result = _finish(SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, len(lines),
+                                  embedded.truncated[0]), engine, query)
     record_event(action="radar.completed", **{**common, **_search_fields(result)})
     return result
 

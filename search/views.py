@@ -47,7 +47,8 @@ def home(request):
         else:
             status = 400
     return render(request, "search/home.html",
-                  {"form": form, "kbs": kbs, "result": result, "error": error}, status=status)
+                  {"form": form, "kbs": kbs, "result": result, "error": error,
+                   "served_model": services.served_model()}, status=status)
 
 
 @login_required
@@ -67,7 +68,8 @@ def radar(request):
         else:
             status = 400
     return render(request, "search/radar.html", {"form": form, "result": result, "error": error,
-                                                 "max_lines": settings.RADAR_MAX_LINES}, status=status)
+                                                 "max_lines": settings.RADAR_MAX_LINES,
+                                                 "served_model": services.served_model()}, status=status)
 
 
 @login_required
@@ -81,7 +83,8 @@ def kb_list_page(request):
             try:
                 kb = services.kb_create(tenant=request.tenant, name=form.cleaned_data["name"],
                                         description=form.cleaned_data["description"], user=request.user,
-                                        context=request_context(request))
+                                        context=request_context(request),
+                                        min_score=form.cleaned_data["min_score"])
             except services.SearchInputError as exc:
                 form.add_error("name", str(exc))
             else:
@@ -89,8 +92,8 @@ def kb_list_page(request):
                                  % {"name": kb.name})
                 return redirect("kb-detail", kb_id=kb.pk)
         status = 400
-    return render(request, "search/kb_list.html", {"kbs": selectors.kb_list(request), "form": form},
-                  status=status)
+    return render(request, "search/kb_list.html", {"kbs": selectors.kb_list(request), "form": form,
+                                                   "served_model": services.served_model()}, status=status)
 
 
 @login_required

@@ -225,3 +225,36 @@ def test_superuser_sees_every_tenant(searches, login, django_user_model):
     body = login(root).get(LIST).content.decode()
     assert "globex-secret" in body and "acme vpn" in body
     assert AuditEvent.objects.filter(action="audit.view", tenant=None).count() == 1
+
+
+def test_reviews_of_the_log_are_hidden_by_default_and_stay_in_the_chain(searches, people, login):
+    from audit.verify import verify_chain
+
+    client = login(people["officer"])
+    for _ in range(3):
+        client.get(LIST)
+    views = AuditEvent.objects.filter(action="audit.view", tenant__slug="acme")
+    assert views.count() == 3
+    body = client.get(LIST).content.decode()
+    assert "audit.view</td>" not in body and "acme vpn setup 0" in body
+    assert "?reviews=shown" in body  # the filter that shows them
+    shown = client.get(LIST, {"reviews": "shown"}).content.decode()
+    assert shown.count("audit.view</td>") == 4 and "acme vpn setup 0" in shown  # each list view is one
+    assert client.get(LIST, {"action": "audit.view"}).content.decode().count("audit.view</td>") == 5
+    report = verify_chain(searches["acme"][0].chain)
+    assert report.ok and report.events == AuditEvent.objects.filter(chain=searches["acme"][0].chain).count()
+    assert views.count() == 6
+
+
+def test_detail_time_has_seconds_and_milliseconds_and_the_score_is_rounded(tenants, people, login):
+    import datetime as dt
+
+    from audit.services import record_event
+
+    event = record_event(action="search.completed", tenant=tenants["acme"], user=people["searcher"], query="q",
+                         top_score=0.812345678, latency_ms=12.3456)
+    body = login(people["officer"]).get(detail(event)).content.decode()
+    stamp = event.occurred_at.astimezone(dt.timezone.utc)
+    assert stamp.strftime("%Y-%m-%d %H:%M:%S.") + f"{stamp.microsecond // 1000:03d}" in body
+    assert "0.812" in body and "0.812345678" not in body and "0.8123" not in body
+    assert "12.3" in body and "12.3456" not in body

@@ -296,3 +296,34 @@ def test_legacy_cbc_round_trip():
         decrypt_legacy_cbc(data, bytes(32))
     with pytest.raises(LegacyFormatError, match="whole 16-byte blocks"):
         decrypt_legacy_cbc(data[:-3], key)
+
+
+def test_languages_and_relevance_floor_round_trip_sealed_and_not_public(tmp_path, model_dir, key):
+    path = tmp_path / "langs.q3e.enc"
+    seal_bundle(model_dir, path, key, chunk_size=CHUNK, languages=["en", "ZH", "en"], relevance_floor=0.25)
+    with open_bundle(path, key) as bundle:
+        assert bundle.languages == ("en", "zh")
+        assert bundle.relevance_floor == 0.25
+    public = inspect_bundle(path)
+    assert "languages" not in public and "relevance_floor" not in public
+    raw = path.read_bytes()
+    assert b"languages" not in raw and b"relevance_floor" not in raw
+
+
+def test_a_bundle_without_languages_reads_as_not_stated(sealed, key):
+    with open_bundle(sealed, key) as bundle:
+        assert bundle.languages == () and bundle.relevance_floor is None
+
+
+@pytest.mark.parametrize("languages,floor,message", [
+    (["english"], None, "'english' is not an ISO 639-1 language code"),
+    (["xx"], None, "'xx' is not an ISO 639-1"),
+    (["en"], 1.5, "relevance floor must be a number from 0 to 1"),
+    (["en"], -0.1, "relevance floor must be a number from 0 to 1"),
+    (["en"], True, "relevance floor must be a number from 0 to 1"),
+])
+def test_sealing_refuses_bad_languages_and_floors_and_writes_nothing(tmp_path, model_dir, key, languages, floor,
+                                                                      message):
+    with pytest.raises(BundleError, match=message):
+        seal_bundle(model_dir, tmp_path / "bad.enc", key, languages=languages, relevance_floor=floor)
+    assert list(tmp_path.glob("bad.enc*")) == []

@@ -9,6 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# Sealed as the Makefile seals the demo model: English only, and the relevance
+# floor calibrated on the demo FAQ (README, "Relevance floor and languages").
+MINILM_LANGUAGES = ["en"]
+MINILM_RELEVANCE_FLOOR = 0.25
 QWEN3_QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 TINY_WORDS = (
     "the a an is of to and in how do i my password reset vpn token access login account email query search "
@@ -32,7 +36,8 @@ def sealed_minilm(tmp_path_factory, minilm_dir, model_key):
     from keystore.bundle import seal_bundle
 
     path = tmp_path_factory.mktemp("bundles") / "minilm.q3e.enc"
-    seal_bundle(minilm_dir, path, model_key, model_id=MINILM_ID)
+    seal_bundle(minilm_dir, path, model_key, model_id=MINILM_ID, languages=MINILM_LANGUAGES,
+                relevance_floor=MINILM_RELEVANCE_FLOOR)
     return path
 
 

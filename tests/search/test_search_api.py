@@ -49,11 +49,11 @@ def test_search_response_shape(faq_kb, people, token_for):
     response = token_for(people["alice"]).post("/api/v1/search", {"kb": "FAQ", "query": "printer jammed"},
                                                format="json")
     body = response.json()
-    assert set(body) == {"results", "latency_ms", "request_id", "model", "query_truncated"}
-    assert len(body["results"]) == 5 and set(body["results"][0]) == {"id", "text", "score"}
+    assert set(body) == {"results", "latency_ms", "request_id", "model", "min_score", "query_truncated", "warnings"}
+    assert len(body["results"]) == 5 and set(body["results"][0]) == {"id", "text", "score", "weak"}
     scores = [r["score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True)
-    assert body["request_id"] == response["X-Request-ID"] and body["model"] == faq_kb.model_id
+    assert body["request_id"] == response["X-Request-ID"] and body["model"]["id"] == faq_kb.model_id
 
 
 def test_api_search_leaves_submitted_then_completed_with_every_field(faq_kb, people, token_for, tenants):

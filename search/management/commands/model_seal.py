@@ -4,7 +4,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from keystore.bundle import DEFAULT_CHUNK_SIZE, BundleError
+from keystore.bundle import DEFAULT_CHUNK_SIZE, BundleError, check_languages, check_relevance_floor
 from keystore.keys import MODEL_KEY, get_keyring
 
 
@@ -42,10 +42,26 @@ class Command(BaseCommand):
         parser.add_argument("--model-id", help="the name recorded in the bundle (default: from the folder)")
         parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="plaintext bytes per chunk")
         parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+        parser.add_argument(
+            "--languages", default="",
+            help="ISO 639-1 codes of the languages the model reads, comma-separated (en or en,zh); "
+                 "the portal shows them and warns when a query is written in another script",
+        )
+        parser.add_argument(
+            "--relevance-floor", type=float, default=None, metavar="SCORE",
+            help="cosine from 0 to 1 under which a hit is shown as a weak match, calibrated on this model "
+                 "(all-MiniLM-L6-v2 on the demo FAQ: 0.25); a knowledge base's own floor overrides it",
+        )
 
-    def handle(self, *args, src, out, legacy_cbc, config_dir, model_id, chunk_size, force, verbosity, **options):
+    def handle(self, *args, src, out, legacy_cbc, config_dir, model_id, chunk_size, force, verbosity,
+               languages, relevance_floor, **options):
         from search.legacy import reseal_legacy_cbc, seal_model_folder  # torch: only when sealing
 
+        try:
+            metadata = {"languages": check_languages(c for c in languages.split(",") if c.strip()),
+                        "relevance_floor": check_relevance_floor(relevance_floor)}
+        except BundleError as exc:
+            raise CommandError(str(exc)) from None
         key = require_model_key()
         if Path(out).exists() and not force:
             raise CommandError(f"{out} already exists; pass --force to replace it")
@@ -68,7 +84,7 @@ class Command(BaseCommand):
                 bar.total = total
                 bar.update(done - bar.n)
 
-            common = {"model_id": model_id, "chunk_size": chunk_size, "progress": progress}
+            common = {"model_id": model_id, "chunk_size": chunk_size, "progress": progress, **metadata}
             try:
                 if legacy_cbc:
                     header = reseal_legacy_cbc(src, out, key, config_dir=config_dir, **common)
@@ -78,4 +94,9 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from None
         self.stdout.write(
             f"sealed {out}: {header['plaintext_size']} bytes in {header['chunk_count']} chunks, key {header['key_id']}"
+        )
+        self.stdout.write(
+            f"languages: {','.join(metadata['languages']) or 'not stated'}; relevance floor: "
+            f"{'not calibrated' if metadata['relevance_floor'] is None else metadata['relevance_floor']} "
+            "(sealed: model_inspect does not show them)"
         )
