@@ -163,6 +163,8 @@ class SearchApi(TenantApiView):
         data = self.validated(self.SearchInputSerializer)
         if not isinstance(data["kb"], (int, str)) or isinstance(data["kb"], bool):
             raise Problem(400, "kb must be a knowledge base id or name")
+        if isinstance(data["kb"], str) and "\x00" in data["kb"]:  # no name has one; PostgreSQL cannot compare it
+            raise Problem(400, "kb must be a knowledge base id or name: a name has no NUL character")
         kb = kb_from_reference(request._request, data["kb"])
         result = services.search_kb(kb=kb, query=data["query"], top_k=data["top_k"], user=request.user,
                                     context=self.context())

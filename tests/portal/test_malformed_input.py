@@ -127,3 +127,10 @@ def test_jsonl_upload_page_rejects_deep_and_surrogate_lines(site, client, line, 
     assert response.headers["Content-Type"] == "application/problem+json"
     assert words in response.json()["detail"]
     assert Document.objects.count() == 0
+
+
+def test_a_nul_in_a_knowledge_base_reference_is_a_400(site):
+    # Every string field refuses NUL (DRF's CharField); kb is an id or a name, so checked by itself
+    # (on PostgreSQL the lookup by such a name was a 500).
+    response = site["curator"].post(f"{site['url']}/api/v1/search", json={"kb": "F\x00AQ", "query": "x"}, timeout=60)
+    assert "NUL" in problem(response, "kb must be")["detail"]
