@@ -11,3 +11,6 @@ class AuditConfig(AppConfig):
         from portal.readiness import register_check
 
         register_check("audit_mirror", mirror_check)
+        from portal.storage import audit_store_check
+
+        register_check("audit_store", audit_store_check)

@@ -3,18 +3,23 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import secrets
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from audit.models import Outcome
 from audit.services import record_event
 from portal.models import ApiToken, Membership, Tenant
 from portal.rows import column_values, row_get
+from portal.storage import short_busy_timeout
 
+logger = logging.getLogger(__name__)
 TOKEN_PREFIX = "sp_"
+# A token's last_used_at is bookkeeping: it waits this long for the write lock, then is skipped.
+LAST_USED_BUSY_TIMEOUT_MS = 200
 MAX_TOKEN_DAYS = 3650
 
 
@@ -102,6 +107,13 @@ def token_authenticate(token_text: str) -> tuple[ApiToken | None, str]:
         return None, "token's user is no longer a member of its tenant"
     if row.last_used_at is None or now - row.last_used_at > dt.timedelta(minutes=1):
         # At most one write a minute per token: the hot path stays read-only.
-        ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
-        row.last_used_at = now
+        # Best effort: a database that cannot be written (held locked, full)
+        # neither fails nor holds up the request for this bookkeeping; what
+        # the request then writes (its audit record) decides its answer.
+        try:
+            with short_busy_timeout(LAST_USED_BUSY_TIMEOUT_MS), transaction.atomic():
+                ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
+            row.last_used_at = now
+        except DatabaseError as exc:
+            logger.warning("token id %s: last_used_at not updated (%s)", row.pk, exc.__class__.__name__)
     return row, ""

@@ -71,6 +71,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "portal.middleware.RequestContextMiddleware",
+    # A database that cannot be written answers 503 (portal/storage.py).
+    "portal.storage.StorageFaultMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -109,13 +111,17 @@ TEMPLATES = [
 
 (BASE_DIR / "var").mkdir(exist_ok=True)
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'portal.sqlite3'}")}
+# How long a write waits for SQLite's write lock before it fails (and the
+# request answers 503): long enough for a queue of audit appends, short enough
+# that a database held locked is a quick refusal, not a 30-second hang.
+DB_BUSY_TIMEOUT_MS = _env_int("DB_BUSY_TIMEOUT_MS", 5000)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions take the write lock up front, so concurrent audit
     # appends queue on the busy timeout instead of failing with "locked".
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
-        "timeout": 30,
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=30000",
+        "timeout": DB_BUSY_TIMEOUT_MS / 1000,
+        "init_command": f"PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout={DB_BUSY_TIMEOUT_MS}",
     }
     # A file, not shared-cache memory, so tests see real locking and WAL.
     # PORTAL_TEST_DB separates two test runs in one checkout.
