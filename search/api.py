@@ -7,18 +7,19 @@ import base64
 import numpy as np
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.exceptions import ParseError
+from django.core.exceptions import RequestDataTooBig
+from rest_framework.exceptions import ParseError, UnsupportedMediaType, ValidationError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.context import request_context
+from audit.services import AuditUnavailable
 from portal.api_errors import Problem
 from portal.tenancy import record_denial, require_capability
 from search import selectors, services
 from search.failures import failure_status
 from search.models import KnowledgeBase
-from search.parsing import Entry
 
 
 class StrictCharField(serializers.CharField):
@@ -52,6 +53,10 @@ class TenantApiView(APIView):
     # docstrings become the public API description.)
 
     capabilities: dict[str, str] = {}
+    # (audit action, resource type) of a POST whose body is refused before
+    # any service sees it (malformed JSON, wrong types, too large): recorded
+    # with outcome "rejected" like the refusals the services record.
+    refusal: tuple[str, str] | None = None
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -61,7 +66,26 @@ class TenantApiView(APIView):
         require_capability(request._request, capability, hide=True)
 
     def handle_exception(self, exc):
+        if self.refusal and self.request.method == "POST" and isinstance(exc, _BODY_REFUSALS):
+            exc = self._record_body_refusal(exc)
         return super().handle_exception(_as_problem(exc))
+
+    def _record_body_refusal(self, exc):
+        action, resource_type = self.refusal
+        if isinstance(exc, ValidationError) and isinstance(exc.detail, dict):
+            code, reason = "invalid_request", "invalid request fields: " + ", ".join(sorted(map(str, exc.detail)))
+        elif isinstance(exc, RequestDataTooBig):
+            code, reason = "DATA_UPLOAD_MAX_MEMORY_SIZE", "the request body is too large"
+        else:
+            code, reason = "invalid_request", f"the request body was refused ({exc.__class__.__name__})"
+        kb_id = self.kwargs.get("kb_id")
+        try:
+            services.record_refusal(action, services.SearchInputError(reason, code=code), tenant=self.tenant,
+                                    user=self.request.user, context=self.context(), resource_type=resource_type,
+                                    resource_id=str(kb_id or ""))
+        except AuditUnavailable as unavailable:
+            return unavailable
+        return exc
 
     @property
     def tenant(self):
@@ -76,6 +100,9 @@ class TenantApiView(APIView):
         serializer = serializer_class(data=self.request.data)
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
+
+
+_BODY_REFUSALS = (ValidationError, ParseError, UnsupportedMediaType, RequestDataTooBig)
 
 
 def _as_problem(exc):
@@ -150,6 +177,7 @@ def search_response(request, result: services.SearchResult) -> Response:
 class SearchApi(TenantApiView):
     capabilities = {"POST": "search"}
     extra_problem_statuses = [409]  # services.ModelMismatch (portal.openapi)
+    refusal = ("search.failed", "knowledge_base")
 
     class SearchInputSerializer(serializers.Serializer):
         kb = serializers.JSONField(help_text="knowledge base id (integer) or name")
@@ -173,6 +201,7 @@ class SearchApi(TenantApiView):
 
 class RadarApi(TenantApiView):
     capabilities = {"POST": "search"}
+    refusal = ("radar.failed", "radar")
 
     class RadarInputSerializer(serializers.Serializer):
         documents = serializers.ListField(child=StrictCharField(allow_blank=True, trim_whitespace=False))
@@ -267,6 +296,7 @@ class DocumentListApi(TenantApiView):
     capabilities = {"GET": "kb.read", "POST": "kb.manage"}
     pagination_class = DocumentPagination  # what the schema documents; get() pages with it
     extra_problem_statuses = {"POST": [409]}  # services.ModelMismatch (portal.openapi)
+    refusal = ("doc.import", "knowledge_base")
 
     class DocumentsAddInputSerializer(serializers.Serializer):
         documents = serializers.ListField(child=serializers.JSONField(), allow_empty=False,
@@ -289,14 +319,8 @@ class DocumentListApi(TenantApiView):
     def post(self, request, kb_id: int):
         kb = kb_from_reference(request._request, kb_id)
         data = self.validated(self.DocumentsAddInputSerializer)
-        entries = []
-        for n, item in enumerate(data["documents"], 1):
-            text = item.get("text") if isinstance(item, dict) else item
-            if not isinstance(text, str):
-                raise Problem(400, f'documents[{n - 1}] must be a string or an object with a "text" string')
-            entries.append(Entry(n, text.strip()))
-        result = services.documents_import(kb=kb, entries=entries, user=request.user, context=self.context(),
-                                           source="api")
+        result = services.documents_add(kb=kb, items=data["documents"], user=request.user, context=self.context(),
+                                        source="api")
         return Response({"added": result.added, "skipped_duplicates": result.skipped,
                          "truncated": result.truncated, "kb": kb.pk}, status=201)
 
@@ -336,6 +360,7 @@ class EmbeddingsApi(TenantApiView):
     """OpenAI-compatible embeddings: a string or a list of strings in, vectors out."""
 
     capabilities = {"POST": "search"}
+    refusal = ("embeddings.create", "embeddings")
 
     class EmbeddingsInputSerializer(serializers.Serializer):
         input = serializers.JSONField(help_text="a string or a list of strings")

@@ -1,5 +1,4 @@
 from django import forms
-from django.conf import settings
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 
@@ -8,7 +7,10 @@ TOP_K_CHOICES = [(k, str(k)) for k in (1, 3, 5, 10, 20)]
 
 class SearchForm(forms.Form):
     kb = forms.TypedChoiceField(coerce=int, label=_("Knowledge base"))
-    query = forms.CharField(label=_("Question"), max_length=settings.SEARCH_MAX_QUERY_CHARS, strip=True)
+    # No max_length and not required here: a browser would cut a long paste
+    # without a word. The service refuses an empty or too long query with a
+    # message that says so, and audits the refusal.
+    query = forms.CharField(label=_("Question"), required=False, strip=True)
     top_k = forms.TypedChoiceField(coerce=int, choices=TOP_K_CHOICES, initial=5,
                                    label=pgettext_lazy("how many", "Results"))
 
@@ -18,8 +20,9 @@ class SearchForm(forms.Form):
 
 
 class RadarForm(forms.Form):
-    documents = forms.CharField(label=_("Lines to search (one per line)"), widget=forms.Textarea, strip=True)
-    query = forms.CharField(label=_("Question"), max_length=settings.SEARCH_MAX_QUERY_CHARS, strip=True)
+    documents = forms.CharField(label=_("Lines to search (one per line)"), widget=forms.Textarea, required=False,
+                                strip=True)
+    query = forms.CharField(label=_("Question"), required=False, strip=True)  # see SearchForm.query
     top_k = forms.TypedChoiceField(coerce=int, choices=TOP_K_CHOICES, initial=5,
                                    label=pgettext_lazy("how many", "Results"))
 

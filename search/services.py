@@ -11,6 +11,7 @@ import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from audit.models import Outcome
 from audit.services import record_event
@@ -18,17 +19,44 @@ from search.engine import EngineUnavailable, get_engine
 from search.index import Hit, best_rows, kb_indexes
 from search.languages import language_name, script_name, unread_scripts
 from search.models import Document, KnowledgeBase, new_revision
-from search.parsing import Entry
+from search.parsing import REFUSED_CHARACTERS, Entry, ImportFileError, detect_format, parse_entries
 
 
 class SearchInputError(ValueError):
-    """Bad input a person can fix; the message says what."""
+    """Bad input a person can fix; the message says what, in the request's
+    language. The audit record of the refusal keeps ``code`` (a fixed name)
+    and ``reason`` (the message in English) instead."""
+
+    def __init__(self, message: str, *, code: str = "invalid_input", reason: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.reason = reason or str(message)
 
 
 class LimitExceeded(SearchInputError):
-    def __init__(self, limit: str, message: str):
-        super().__init__(message)
+    def __init__(self, limit: str, message: str, *, reason: str | None = None):
+        super().__init__(message, code=limit, reason=reason)
         self.limit = limit
+
+
+def _refused(template: str, params: dict | None = None, *, limit: str = "", code: str = "invalid_input"
+             ) -> SearchInputError:
+    """The refusal for a ``gettext_noop`` template: translated for the person,
+    in English for the audit record."""
+    params = params or {}
+    message, reason = _(template) % params, template % params
+    if limit:
+        return LimitExceeded(limit, message, reason=reason)
+    return SearchInputError(message, code=code, reason=reason)
+
+
+def record_refusal(action: str, exc: Exception, *, query="", detail: dict | None = None, **fields) -> None:
+    """Audit a refused request: outcome ``rejected``, the fixed code of what
+    was refused and the English reason; nothing else is stored."""
+    record_event(action=action, outcome=Outcome.REJECTED,
+                 query=query[:settings.SEARCH_MAX_QUERY_CHARS] if isinstance(query, str) else "",
+                 detail={"rejected": getattr(exc, "code", "invalid_input"),
+                         "reason": str(getattr(exc, "reason", exc))[:300], **(detail or {})}, **fields)
 
 
 class ModelMismatch(Exception):
@@ -153,21 +181,23 @@ def text_digest(text: str) -> str:
 
 def check_query(query) -> str:
     if not isinstance(query, str):
-        raise SearchInputError("query must be a string")
+        raise _refused(gettext_noop("query must be a string"), code="query_not_string")
     query = query.strip()
     if not query:
-        raise SearchInputError("query is empty")
+        raise _refused(gettext_noop("query is empty"), code="query_empty")
     if len(query) > settings.SEARCH_MAX_QUERY_CHARS:
-        raise LimitExceeded("SEARCH_MAX_QUERY_CHARS",
-                            f"query is {len(query)} characters; the limit is {settings.SEARCH_MAX_QUERY_CHARS}")
+        raise _refused(gettext_noop("The query is too long: %(chars)d characters; the limit is %(limit)d."),
+                       {"chars": len(query), "limit": settings.SEARCH_MAX_QUERY_CHARS},
+                       limit="SEARCH_MAX_QUERY_CHARS")
     return query
 
 
 def check_top_k(top_k_value) -> int:
     if isinstance(top_k_value, bool) or not isinstance(top_k_value, int):
-        raise SearchInputError("top_k must be an integer")
+        raise _refused(gettext_noop("top_k must be an integer"), code="top_k_not_integer")
     if not 1 <= top_k_value <= settings.SEARCH_MAX_TOP_K:
-        raise LimitExceeded("SEARCH_MAX_TOP_K", f"top_k must be between 1 and {settings.SEARCH_MAX_TOP_K}")
+        raise _refused(gettext_noop("top_k must be between 1 and %(limit)d"),
+                       {"limit": settings.SEARCH_MAX_TOP_K}, limit="SEARCH_MAX_TOP_K")
     return top_k_value
 
 
@@ -219,19 +249,16 @@ def documents_import(*, kb: KnowledgeBase, entries: list[Entry], user, context: 
     """Embed new entries in batches, then store them all in one transaction.
 
     Duplicates (same text already in the knowledge base or earlier in the
-    file) are skipped. Nothing is written unless every entry embedded.
+    file) are skipped. Nothing is written unless every entry embedded. Two
+    imports at once both succeed: the digests are read again under the
+    knowledge base's lock, and whatever the other stored meanwhile is skipped.
+    A refused import is audited (outcome ``rejected``) and stores nothing.
     """
-    if not entries:
-        raise SearchInputError("no entries to import")
-    if len(entries) > settings.KB_MAX_IMPORT_ENTRIES:
-        raise LimitExceeded("KB_MAX_IMPORT_ENTRIES",
-                            f"{len(entries)} entries; the limit is {settings.KB_MAX_IMPORT_ENTRIES} per import")
-    for entry in entries:
-        if not entry.text.strip():
-            raise SearchInputError(f"entry {entry.line} is empty")
-        if len(entry.text) > settings.KB_MAX_DOCUMENT_CHARS:
-            raise LimitExceeded("KB_MAX_DOCUMENT_CHARS", f"entry {entry.line} is {len(entry.text)} characters; "
-                                f"the limit is {settings.KB_MAX_DOCUMENT_CHARS}")
+    try:
+        _check_entries(entries)
+    except SearchInputError as exc:
+        record_refusal("doc.import", exc, detail={"source": source[:200]}, **_kb_fields(kb, user, context))
+        raise
     engine = get_engine()
     if kb.model_id and kb.model_id != engine.model_id:
         raise ModelMismatch(f"knowledge base {kb.name!r} was built with {kb.model_id}; "
@@ -259,21 +286,92 @@ def documents_import(*, kb: KnowledgeBase, entries: list[Entry], user, context: 
         locked = KnowledgeBase.objects.select_for_update().get(pk=kb.pk)
         if locked.model_id and locked.model_id != engine.model_id:
             raise ModelMismatch(f"knowledge base {kb.name!r} was built with {locked.model_id}")
+        # Another import may have stored some of these since they were read
+        # above (a double-clicked upload): under the lock, skip those too.
+        stored = set(Document.objects.filter(knowledge_base_id=kb.pk, digest__in=[d for _, d in fresh])
+                     .values_list("digest", flat=True)) if fresh else set()
+        rows = [(i, entry, digest) for i, (entry, digest) in enumerate(fresh) if digest not in stored]
+        skipped_lines.extend(entry.line for entry, digest in fresh if digest in stored)
         Document.objects.bulk_create([
             Document(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk, text=entry.text, source_line=entry.line,
-                     digest=digest, embedding=matrix[i].astype("<f4").tobytes())
-            for i, (entry, digest) in enumerate(fresh)
+                     source_name=source[:200], digest=digest, embedding=matrix[i].astype("<f4").tobytes())
+            for i, entry, digest in rows
         ], batch_size=1000)
-        KnowledgeBase.objects.filter(pk=kb.pk).update(
-            model_id=engine.model_id, dimensions=engine.dimensions, revision=new_revision())
-        record_event(action="doc.import", tenant=kb.tenant, user=user, context=context,
-                     resource_type="knowledge_base", resource_id=str(kb.pk), kb_id=kb.pk, kb_name=kb.name,
-                     kb_lines=len(existing), model_id=engine.model_id,
-                     detail={"added": len(fresh), "skipped_duplicates": len(skipped_lines),
+        if rows or not locked.model_id:
+            KnowledgeBase.objects.filter(pk=kb.pk).update(
+                model_id=engine.model_id, dimensions=engine.dimensions, revision=new_revision())
+        record_event(action="doc.import", **_kb_fields(kb, user, context),
+                     kb_lines=Document.objects.filter(knowledge_base_id=kb.pk).count(), model_id=engine.model_id,
+                     detail={"added": len(rows), "skipped_duplicates": len(skipped_lines),
                              "truncated": truncated, "source": source[:200]})
     kb.refresh_from_db()
-    return ImportResult(added=len(fresh), skipped=len(skipped_lines), truncated=truncated,
-                        skipped_lines=skipped_lines[:100])
+    return ImportResult(added=len(rows), skipped=len(skipped_lines), truncated=truncated,
+                        skipped_lines=sorted(skipped_lines)[:100])
+
+
+def _kb_fields(kb: KnowledgeBase, user, context) -> dict:
+    return dict(tenant=kb.tenant, user=user, context=context, resource_type="knowledge_base",
+                resource_id=str(kb.pk), kb_id=kb.pk, kb_name=kb.name)
+
+
+def _check_entries(entries: list[Entry]) -> None:
+    if not entries:
+        raise _refused(gettext_noop("no entries to import"), code="no_entries")
+    if len(entries) > settings.KB_MAX_IMPORT_ENTRIES:
+        raise _refused(gettext_noop("%(count)d entries; the limit is %(limit)d per import"),
+                       {"count": len(entries), "limit": settings.KB_MAX_IMPORT_ENTRIES},
+                       limit="KB_MAX_IMPORT_ENTRIES")
+    for entry in entries:
+        if not entry.text.strip():
+            raise _refused(gettext_noop("entry %(line)d is empty"), {"line": entry.line}, code="empty_entry")
+        if len(entry.text) > settings.KB_MAX_DOCUMENT_CHARS:
+            raise _refused(gettext_noop("entry %(line)d is %(chars)d characters; the limit is %(limit)d"),
+                           {"line": entry.line, "chars": len(entry.text), "limit": settings.KB_MAX_DOCUMENT_CHARS},
+                           limit="KB_MAX_DOCUMENT_CHARS")
+        if REFUSED_CHARACTERS.search(entry.text):
+            raise _refused(gettext_noop("entry %(line)d contains a NUL character: only text can be imported"),
+                           {"line": entry.line}, code="nul_character")
+
+
+def documents_add(*, kb: KnowledgeBase, items: list, user, context: dict | None = None,
+                  source: str = "api") -> ImportResult:
+    """Import documents given as JSON: strings, or objects with a "text" string."""
+    entries = []
+    try:
+        for n, item in enumerate(items):
+            text = item.get("text") if isinstance(item, dict) else item
+            if not isinstance(text, str):
+                raise _refused(gettext_noop('documents[%(index)d] must be a string or an object with a "text" '
+                                            'string'), {"index": n}, code="invalid_document")
+            if REFUSED_CHARACTERS.search(text):
+                raise _refused(gettext_noop("documents[%(index)d] contains a NUL character: only text can be "
+                                            "imported"), {"index": n}, code="nul_character")
+            entries.append(Entry(n + 1, text.strip()))
+    except SearchInputError as exc:
+        record_refusal("doc.import", exc, detail={"source": source[:200]}, **_kb_fields(kb, user, context))
+        raise
+    return documents_import(kb=kb, entries=entries, user=user, context=context, source=source)
+
+
+def documents_import_file(*, kb: KnowledgeBase, name: str, file, size: int, max_bytes: int | None = None,
+                          fmt: str | None = None, user, context: dict | None = None, progress=None
+                          ) -> ImportResult:
+    """Import a file (anything with ``read()``; None: no file was sent) of
+    ``size`` bytes. A refused file (too large, not UTF-8, malformed) is
+    audited and stores nothing."""
+    max_bytes = settings.KB_MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
+    try:
+        if file is None:
+            raise _refused(gettext_noop("Choose a file to upload."), code="no_file")
+        if size > max_bytes:
+            raise _refused(gettext_noop("The file is %(size)d bytes; the limit is %(limit)d."),
+                           {"size": size, "limit": max_bytes}, limit="KB_MAX_UPLOAD_BYTES")
+        entries = parse_entries(file.read(), fmt or detect_format(name), max_entries=settings.KB_MAX_IMPORT_ENTRIES,
+                                max_chars=settings.KB_MAX_DOCUMENT_CHARS)
+    except (SearchInputError, ImportFileError) as exc:
+        record_refusal("doc.import", exc, detail={"source": (name or "")[:200]}, **_kb_fields(kb, user, context))
+        raise
+    return documents_import(kb=kb, entries=entries, user=user, context=context, source=name, progress=progress)
 
 
 def document_delete(*, document: Document, user, context: dict | None = None) -> None:
@@ -298,14 +396,18 @@ def _search_fields(result: SearchResult) -> dict:
     }
 
 
+def record_form_refusal(action: str, resource_type: str, fields: list[str], **audit) -> None:
+    """Audit a page's form refused before any service ran (a choice not offered)."""
+    reason = "invalid form fields: " + ", ".join(sorted(map(str, fields)))
+    record_refusal(action, SearchInputError(reason, code="invalid_request"), resource_type=resource_type, **audit)
+
+
 def _check_or_record(action: str, query, top_k_value, **fields) -> tuple[str, int]:
-    """Validated (query, top_k); a rejected request is recorded as a failure."""
+    """Validated (query, top_k); a refused request is recorded (outcome ``rejected``)."""
     try:
         return check_query(query), check_top_k(top_k_value)
     except SearchInputError as exc:
-        record_event(action=action, outcome=Outcome.FAILURE,
-                     query=query[:settings.SEARCH_MAX_QUERY_CHARS] if isinstance(query, str) else "",
-                     detail={"rejected": str(exc)[:200]}, **fields)
+        record_refusal(action, exc, query=query, **fields)
         raise
 
 
@@ -344,17 +446,12 @@ def radar_search(*, tenant, documents: list, query: str, top_k: int, user, conte
     started = time.perf_counter()
     query, top_k = _check_or_record("radar.failed", query, top_k, tenant=tenant, user=user, context=context,
                                     resource_type="radar")
-    if not isinstance(documents, list) or not all(isinstance(d, str) for d in documents):
-        raise SearchInputError("documents must be a list of strings")
-    lines = [d.strip() for d in documents if d.strip()]
-    if not lines:
-        raise SearchInputError("documents is empty: give at least one non-empty line")
-    if len(lines) > settings.RADAR_MAX_LINES:
-        raise LimitExceeded("RADAR_MAX_LINES", f"{len(lines)} lines; the limit is {settings.RADAR_MAX_LINES}")
-    longest = max(len(line) for line in lines)
-    if longest > settings.KB_MAX_DOCUMENT_CHARS:
-        raise LimitExceeded("KB_MAX_DOCUMENT_CHARS",
-                            f"a line is {longest} characters; the limit is {settings.KB_MAX_DOCUMENT_CHARS}")
+    try:
+        lines = _radar_lines(documents)
+    except SearchInputError as exc:
+        record_refusal("radar.failed", exc, query=query, tenant=tenant, user=user, context=context,
+                       resource_type="radar")
+        raise
     engine = get_engine()
     common = dict(tenant=tenant, user=user, context=context, query=query, kb_lines=len(lines),
                   resource_type="radar", model_id=engine.model_id)
@@ -374,27 +471,56 @@ def radar_search(*, tenant, documents: list, query: str, top_k: int, user, conte
     return result
 
 
-def embeddings_create(*, tenant, inputs, dimensions: int | None, user, context: dict | None = None):
-    """Vectors for the OpenAI-compatible route; the inputs themselves are not stored."""
+def _radar_lines(documents) -> list[str]:
+    if not isinstance(documents, list) or not all(isinstance(d, str) for d in documents):
+        raise _refused(gettext_noop("documents must be a list of strings"), code="documents_not_strings")
+    lines = [d.strip() for d in documents if d.strip()]
+    if not lines:
+        raise _refused(gettext_noop("documents is empty: give at least one non-empty line"), code="documents_empty")
+    if len(lines) > settings.RADAR_MAX_LINES:
+        raise _refused(gettext_noop("%(count)d lines; the limit is %(limit)d"),
+                       {"count": len(lines), "limit": settings.RADAR_MAX_LINES}, limit="RADAR_MAX_LINES")
+    longest = max(len(line) for line in lines)
+    if longest > settings.KB_MAX_DOCUMENT_CHARS:
+        raise _refused(gettext_noop("a line is %(chars)d characters; the limit is %(limit)d"),
+                       {"chars": longest, "limit": settings.KB_MAX_DOCUMENT_CHARS}, limit="KB_MAX_DOCUMENT_CHARS")
+    return lines
+
+
+def _check_embedding_inputs(inputs) -> list[str]:
     if isinstance(inputs, str):
         inputs = [inputs]
     if not isinstance(inputs, list) or not inputs:
-        raise SearchInputError("input must be a non-empty string or a non-empty list of strings")
+        raise _refused(gettext_noop("input must be a non-empty string or a non-empty list of strings"),
+                       code="input_empty")
     if not all(isinstance(i, str) for i in inputs):
-        raise SearchInputError("input must be strings; token arrays are not supported")
+        raise _refused(gettext_noop("input must be strings; token arrays are not supported"),
+                       code="input_not_strings")
     if any(not i.strip() for i in inputs):
-        raise SearchInputError("input holds an empty string")
+        raise _refused(gettext_noop("input holds an empty string"), code="input_empty_string")
     if len(inputs) > settings.EMBEDDINGS_MAX_INPUTS:
-        raise LimitExceeded("EMBEDDINGS_MAX_INPUTS",
-                            f"{len(inputs)} inputs; the limit is {settings.EMBEDDINGS_MAX_INPUTS} per request")
+        raise _refused(gettext_noop("%(count)d inputs; the limit is %(limit)d per request"),
+                       {"count": len(inputs), "limit": settings.EMBEDDINGS_MAX_INPUTS}, limit="EMBEDDINGS_MAX_INPUTS")
     longest = max(len(i) for i in inputs)
     if longest > settings.KB_MAX_DOCUMENT_CHARS:
-        raise LimitExceeded("KB_MAX_DOCUMENT_CHARS",
-                            f"an input is {longest} characters; the limit is {settings.KB_MAX_DOCUMENT_CHARS}")
-    engine = get_engine()
-    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
-                                   or not 1 <= dimensions <= engine.dimensions):
-        raise SearchInputError(f"dimensions must be an integer from 1 to {engine.dimensions}")
+        raise _refused(gettext_noop("an input is %(chars)d characters; the limit is %(limit)d"),
+                       {"chars": longest, "limit": settings.KB_MAX_DOCUMENT_CHARS}, limit="KB_MAX_DOCUMENT_CHARS")
+    return inputs
+
+
+def embeddings_create(*, tenant, inputs, dimensions: int | None, user, context: dict | None = None):
+    """Vectors for the OpenAI-compatible route; the inputs themselves are not stored."""
+    try:
+        inputs = _check_embedding_inputs(inputs)
+        engine = get_engine()
+        if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
+                                       or not 1 <= dimensions <= engine.dimensions):
+            raise _refused(gettext_noop("dimensions must be an integer from 1 to %(limit)d"),
+                           {"limit": engine.dimensions}, code="dimensions_out_of_range")
+    except SearchInputError as exc:
+        record_refusal("embeddings.create", exc, tenant=tenant, user=user, context=context,
+                       resource_type="embeddings")
+        raise
     started = time.perf_counter()
     common = dict(tenant=tenant, user=user, context=context, resource_type="embeddings",
                   model_id=engine.model_id, kb_lines=len(inputs))

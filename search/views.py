@@ -6,6 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
@@ -16,7 +17,6 @@ from portal.tenancy import has_capability, require_capability
 from search import selectors, services
 from search.failures import failure_status
 from search.forms import KbCreateForm, RadarForm, SearchForm, UploadForm
-from search.parsing import detect_format, parse_entries
 
 
 def _failure_message(exc) -> tuple[int, str]:
@@ -25,6 +25,16 @@ def _failure_message(exc) -> tuple[int, str]:
     if known is None:
         raise exc
     return known
+
+
+def _form_refused(request, form, action: str, resource_type: str) -> tuple[int, str | None]:
+    """A form the page refuses is audited like the service's refusals; 400 (503 without audit)."""
+    try:
+        services.record_form_refusal(action, resource_type, list(form.errors), tenant=request.tenant,
+                                     user=request.user, context=request_context(request))
+    except Exception as exc:
+        return _failure_message(exc)
+    return 400, None
 
 
 @login_required
@@ -45,7 +55,7 @@ def home(request):
             except Exception as exc:
                 status, error = _failure_message(exc)
         else:
-            status = 400
+            status, error = _form_refused(request, form, "search.failed", "knowledge_base")
     return render(request, "search/home.html",
                   {"form": form, "kbs": kbs, "result": result, "error": error,
                    "served_model": services.served_model()}, status=status)
@@ -66,7 +76,7 @@ def radar(request):
             except Exception as exc:
                 status, error = _failure_message(exc)
         else:
-            status = 400
+            status, error = _form_refused(request, form, "radar.failed", "radar")
     return render(request, "search/radar.html", {"form": form, "result": result, "error": error,
                                                  "max_lines": settings.RADAR_MAX_LINES,
                                                  "served_model": services.served_model()}, status=status)
@@ -115,16 +125,9 @@ def kb_upload(request, kb_id: int):
     kb = selectors.kb_get(request, kb_id)
     upload = request.FILES.get("file")
     try:
-        if upload is None:
-            raise services.SearchInputError(_("Choose a file to upload."))
-        if upload.size > settings.KB_MAX_UPLOAD_BYTES:
-            raise services.LimitExceeded("KB_MAX_UPLOAD_BYTES", _("The file is %(size)d bytes; the limit is %(limit)d.")
-                                         % {"size": upload.size, "limit": settings.KB_MAX_UPLOAD_BYTES})
-        entries = parse_entries(upload.read(), detect_format(upload.name),
-                                max_entries=settings.KB_MAX_IMPORT_ENTRIES,
-                                max_chars=settings.KB_MAX_DOCUMENT_CHARS)
-        result = services.documents_import(kb=kb, entries=entries, user=request.user,
-                                           context=request_context(request), source=upload.name)
+        result = services.documents_import_file(kb=kb, name=upload.name if upload else "", file=upload,
+                                                size=upload.size if upload else 0, user=request.user,
+                                                context=request_context(request))
     except Exception as exc:
         status, message = _failure_message(exc)
         return JsonResponse(problem(status, message), status=status, content_type="application/problem+json")
@@ -151,4 +154,7 @@ def document_delete(request, kb_id: int, doc_id: int):
     document = selectors.document_get(request, kb, doc_id)
     services.document_delete(document=document, user=request.user, context=request_context(request))
     messages.success(request, _("Entry deleted."))
-    return redirect("kb-detail", kb_id=kb.pk)
+    # Back to the page the entry was on (the form says which), not page 1.
+    page = request.POST.get("page", "")
+    query = f"?page={int(page)}" if page.isascii() and page.isdigit() and 1 < int(page) < 10**9 else ""
+    return redirect(reverse("kb-detail", kwargs={"kb_id": kb.pk}) + query)

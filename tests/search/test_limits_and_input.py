@@ -64,7 +64,11 @@ def test_radar_limits(served, people, token_for, settings):
     problem(api.post("/api/v1/radar", {"documents": [], "query": "x"}, format="json"), 400)
     problem(api.post("/api/v1/radar", {"documents": ["a", 3], "query": "x"}, format="json"), 400)
     problem(api.post("/api/v1/radar", {"documents": "a\nb", "query": "x"}, format="json"), 400)
-    assert not AuditEvent.objects.filter(action__startswith="radar.").exists()
+    # Each refusal is recorded (issue 9, defect 4), and nothing ran.
+    refused = AuditEvent.objects.filter(action__startswith="radar.").order_by("seq")
+    assert [(e.action, e.outcome) for e in refused] == [("radar.failed", "rejected")] * 4
+    assert [e.detail["rejected"] for e in refused] == [
+        "RADAR_MAX_LINES", "documents_empty", "invalid_request", "invalid_request"]
 
 
 def test_embeddings_limits_and_types(served, people, token_for, settings):
@@ -76,7 +80,11 @@ def test_embeddings_limits_and_types(served, people, token_for, settings):
     problem(api.post("/v1/embeddings", {"input": ""}, format="json"), 400)
     problem(api.post("/v1/embeddings", {"input": "x", "dimensions": 100000}, format="json"), 400)
     problem(api.post("/v1/embeddings", {"input": "x", "encoding_format": "hex"}, format="json"), 400)
-    assert not AuditEvent.objects.filter(action="embeddings.create").exists()
+    refused = AuditEvent.objects.filter(action="embeddings.create").order_by("seq")
+    assert [e.outcome for e in refused] == ["rejected"] * 5
+    assert [e.detail["rejected"] for e in refused] == [
+        "EMBEDDINGS_MAX_INPUTS", "input_not_strings", "input_empty_string", "dimensions_out_of_range",
+        "invalid_request"]
 
 
 def test_oversized_body_is_413_or_400_and_stores_nothing(faq_kb, people, token_for, settings):
@@ -104,7 +112,10 @@ def test_upload_rejects_malformed_files_and_stores_nothing(faq_kb, people, clien
     response = client.post(f"/kbs/{faq_kb.pk}/upload/", {"file": SimpleUploadedFile(name, data)})
     assert response.status_code == 400
     assert words in response.json()["detail"]
-    assert faq_kb.documents.count() == 60 and AuditEvent.objects.count() == before
+    assert faq_kb.documents.count() == 60 and AuditEvent.objects.count() == before + 1
+    refused = AuditEvent.objects.latest("id")
+    assert (refused.action, refused.outcome, refused.detail["rejected"], refused.detail["source"]) == (
+        "doc.import", "rejected", "malformed_file", name)
 
 
 def test_upload_error_speaks_the_page_language(faq_kb, people, client):
@@ -212,7 +223,7 @@ def test_refusals_are_audited_as_denied_or_failed(faq_kb, people, token_for, bea
     assert AuditEvent.objects.get(action="auth.token_failed").detail["reason"] == "invalid token"
     assert alice.post("/api/v1/search", {"kb": "FAQ", "query": ""}, format="json").status_code == 400
     failed = AuditEvent.objects.get(action="search.failed")
-    assert failed.outcome == "failure" and failed.detail["rejected"] == "query is empty"
+    assert failed.outcome == "rejected" and failed.detail == {"rejected": "query_empty", "reason": "query is empty"}
 
 
 def test_page_refusal_is_audited(faq_kb, people, client):

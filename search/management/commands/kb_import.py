@@ -11,7 +11,7 @@ from portal.cli import tenant_from_option
 from search.engine import EngineError, EngineUnavailable, get_engine, open_engine
 from search.models import KnowledgeBase
 from search.parsing import ImportFileError, detect_format, parse_entries
-from search.services import ModelMismatch, SearchInputError, documents_import, kb_create
+from search.services import ModelMismatch, SearchInputError, documents_import, kb_create, record_refusal
 
 
 class Command(BaseCommand):
@@ -31,9 +31,18 @@ class Command(BaseCommand):
         if path.stat().st_size > settings.KB_MAX_UPLOAD_BYTES * 16:
             raise CommandError(f"{file} is larger than {settings.KB_MAX_UPLOAD_BYTES * 16} bytes")
         try:
-            entries = parse_entries(path.read_bytes(), format or detect_format(path.name),
-                                    max_entries=settings.KB_MAX_IMPORT_ENTRIES,
-                                    max_chars=settings.KB_MAX_DOCUMENT_CHARS)
+            try:
+                entries = parse_entries(path.read_bytes(), format or detect_format(path.name),
+                                        max_entries=settings.KB_MAX_IMPORT_ENTRIES,
+                                        max_chars=settings.KB_MAX_DOCUMENT_CHARS)
+            except ImportFileError as exc:
+                # Refused before any knowledge base is made: recorded against the name asked for.
+                existing = KnowledgeBase.objects.filter(tenant=found, name=kb).first()
+                record_refusal("doc.import", exc, tenant=found, user=None, context=command_context("kb_import"),
+                               resource_type="knowledge_base", resource_id=str(existing.pk) if existing else "",
+                               kb_id=existing.pk if existing else None, kb_name=kb[:200],
+                               detail={"source": path.name[:200]})
+                raise
             try:
                 get_engine()
             except EngineUnavailable:
