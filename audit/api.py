@@ -192,5 +192,6 @@ class AuditExportPresignApi(APIView):
                               detail={"from": params["from"], "to": params["to"], "expires": params["expires"],
                                       "recipient": params["recipient"]})
         url = request.build_absolute_uri("/api/v1/audit/export") + "?" + presign_query(params)
+        # The URL is a credential shown once: no browser or proxy may keep a copy.
         return Response({"url": url, "expires": dt.datetime.fromtimestamp(
-            int(params["expires"]), dt.timezone.utc).isoformat()})
+            int(params["expires"]), dt.timezone.utc).isoformat()}, headers={"Cache-Control": "no-store"})

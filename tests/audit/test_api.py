@@ -175,3 +175,9 @@ def test_presign_validates_its_input(searches, officer_api, settings):
                             format="json").status_code == 400
     assert officer_api.post(PRESIGN, {"from": "2000-01-01", "to": "2100-01-01", "recipient": "nope"},
                             format="json").status_code == 400
+
+
+def test_the_presign_answer_is_never_cached(searches, officer_api, signing_key):
+    response = officer_api.post(PRESIGN, {"from": "2000-01-01", "to": "2100-01-01"}, format="json")
+    assert response.status_code == 200 and "sig=" in response.json()["url"]
+    assert "no-store" in {part.strip() for part in response["Cache-Control"].split(",")}
