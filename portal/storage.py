@@ -16,7 +16,8 @@ import contextlib
 import logging
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import (DatabaseError, DataError, IntegrityError, NotSupportedError, ProgrammingError, connection,
+                       transaction)
 
 logger = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
@@ -45,8 +46,9 @@ def is_storage_fault(exc: BaseException) -> bool:
 
     if isinstance(exc, AuditUnavailable):
         return True
-    # IntegrityError is a conflict in the data (a bug or a race), not storage.
-    return isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError)
+    # A conflict in the data, bad SQL or a bad value is a bug (500), not storage.
+    return isinstance(exc, DatabaseError) and not isinstance(
+        exc, (IntegrityError, ProgrammingError, DataError, NotSupportedError))
 
 
 def storage_fault_response(request, exc: BaseException):
