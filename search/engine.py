@@ -662,7 +662,9 @@ def open_engine(path: str | os.PathLike, key: bytes | None, device: str = "auto"
             raise
         _engine = engine
         logger.info(
-            "embedding model %s opened from %s on %s (key %s)", engine.model_id, path, engine.device, engine.key_id
+            "embedding model %s opened from %s on %s (key %s; languages %s; relevance floor %s)", engine.model_id,
+            path, engine.device, engine.key_id, ",".join(engine.languages) or "not stated",
+            "not calibrated" if engine.relevance_floor is None else engine.relevance_floor,
         )
         return engine
 

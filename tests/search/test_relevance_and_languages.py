@@ -136,6 +136,20 @@ def test_model_seal_records_languages_and_floor_in_the_sealed_metadata_only(tmp_
     assert "languages" not in public and "zh" not in public and "floor" not in public
 
 
+def test_the_worker_logs_the_sealed_languages_and_floor(sealed_minilm, model_key, caplog):
+    from search.engine import open_engine, set_engine
+
+    previous, engine = set_engine(None), None
+    try:
+        with caplog.at_level("INFO", logger="search.engine"):
+            engine = open_engine(sealed_minilm, model_key, device="cpu")
+        assert f"{MINILM_ID} opened" in caplog.text and "languages en; relevance floor 0.25" in caplog.text
+    finally:
+        set_engine(previous)
+        if engine is not None:
+            engine.close()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--languages", "en,chinese"], "'chinese' is not an ISO 639-1 language code"),
     (["--relevance-floor", "1.2"], "relevance floor must be a number from 0 to 1"),
