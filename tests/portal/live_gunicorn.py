@@ -109,7 +109,8 @@ def start_gunicorn(tmp_path: Path, *, model_path: Path, model_key: bytes, worker
     port = free_port()
     db = tmp_path / "portal.sqlite3"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBED_MODEL_KEY", "AUDIT_HMAC", "DJANGO_SECRET"))}
-    env.update(PORTAL_DOTENV="", DATABASE_URL=f"sqlite:///{db}", EMBED_MODEL_KEY=model_key.hex(),
+    env.update(PORTAL_DOTENV="", PORTAL_MODE="development", DATABASE_URL=f"sqlite:///{db}",
+               EMBED_MODEL_KEY=model_key.hex(),
                AUDIT_HMAC_KEY=os.urandom(32).hex(), DJANGO_SECRET_KEY="django-" + os.urandom(24).hex(),
                PORTAL_CACHE_DIR=str(tmp_path / "cache"), PORTAL_BIND=f"127.0.0.1:{port}",
                PORTAL_WORKERS=str(workers), PORTAL_THREADS="2", EMBED_MODEL_PATH=str(model_path),
