@@ -93,6 +93,9 @@ def test_oversized_body_is_413_or_400_and_stores_nothing(faq_kb, people, token_f
                                                {"documents": ["x" * 2000]}, format="json")
     assert response.status_code == 413 and response["Content-Type"] == "application/problem+json"
     assert faq_kb.documents.count() == 60
+    refused = AuditEvent.objects.get(outcome="rejected")  # recorded like every refusal (issue 9, defect 4)
+    assert (refused.action, refused.detail["rejected"], refused.username, refused.resource_id) == (
+        "doc.import", "DATA_UPLOAD_MAX_MEMORY_SIZE", "carol", str(faq_kb.pk))
 
 
 @pytest.mark.parametrize("name,data,words", [
