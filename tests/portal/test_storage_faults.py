@@ -4,7 +4,6 @@
 second real connection; "disk full" is SQLite's own SQLITE_FULL, reached with
 PRAGMA max_page_count."""
 import contextlib
-import logging
 import sqlite3
 import time
 
