@@ -258,3 +258,11 @@ def test_detail_time_has_seconds_and_milliseconds_and_the_score_is_rounded(tenan
     assert stamp.strftime("%Y-%m-%d %H:%M:%S.") + f"{stamp.microsecond // 1000:03d}" in body
     assert "0.812" in body and "0.812345678" not in body and "0.8123" not in body
     assert "12.3" in body and "12.3456" not in body
+
+
+def test_dashboard_link_only_for_those_who_may_open_it(searches, people, login, django_user_model):
+    assert 'href="/audit/dashboard/"' in login(people["officer"]).get(LIST).content.decode()
+    root = django_user_model.objects.create_superuser("root", password="correct-horse-battery")
+    client = login(root)
+    assert 'href="/audit/dashboard/"' not in client.get(LIST).content.decode()
+    assert client.get("/audit/dashboard/").status_code == 403  # no compliance role in an organisation
