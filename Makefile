@@ -54,3 +54,11 @@ POSTGRES_TESTS ?= tests/audit tests/portal tests/search/test_search_api.py \
 test: $(VENV)/.installed-dev
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 	$(TEST_ENV) $(PY) tests/run_on_postgres.py $(POSTGRES_TESTS) $(PYTEST_ARGS)
+
+# The air-gapped delivery archive: dist/sealed-search-<version>-airgap.tar.gz
+# (delivery/build.py). MODEL=path/to/bundle.q3e.enc (default: the demo bundle
+# that serve-setup seals), TORCH_SPEC='torch===2.13.0' for the CUDA build,
+# DELIVERY_SIGNING_KEY_FILE=release-key.pem (else a throwaway key, and it says so).
+.PHONY: delivery
+delivery: $(VENV)/.installed
+	$(PY) delivery/build.py
