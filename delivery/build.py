@@ -318,13 +318,15 @@ def build(args) -> Path:
     else:
         note_en = "Signed with the release key of the vendor; compare its fingerprint with your release letter."
         note_zh = "由供应商的发布密钥签名；请将指纹与发布函中的指纹核对。"
-    model_lines = f"`model/{model.name}` — model `{header.get('model_id', '?')}`, sealed for key id `{header['key_id']}`"
+    # The public header names no model (that is sealed too): size and key id only.
+    model_lines = (f"`model/{model.name}` — sealed bundle, {header['plaintext_size'] / 2**20:.0f} MiB of model in "
+                   f"{header['chunk_count']} authenticated chunks, for model key id `{header['key_id']}`")
     readme = render_readme(HERE / "README-delivery.md", {
         "VERSION": version, "ARCHIVE": name + ".tar.gz", "FOLDER": name, "FINGERPRINT": fingerprint,
         "SIGNING_NOTE_EN": note_en, "SIGNING_NOTE_ZH": note_zh, "MODEL": model_lines,
         "MODEL_FILE": model.name, "MODEL_KEY_ID": header["key_id"], "TORCH": ", ".join(torch_wheels),
         "PYTHON": f"{sys.version_info[0]}.{sys.version_info[1]}",
-        "LISTED": ", ".join(f"`{p}`" for p in listed),
+        "LISTED": ", ".join(f"`{p}`" for p in listed if not p.startswith("config/")),
     })
     (stage / "README-delivery.md").write_text(readme, encoding="utf-8")
     integrity.write_signed_manifest(stage, pem)
