@@ -147,3 +147,26 @@ def test_setup_audit_user_is_idempotent_and_keeps_the_mirror_private(tmp_path):
         assert pwd.getpwnam(user).pw_shell.endswith("nologin")
     finally:
         subprocess.run(["userdel", user], capture_output=True)
+
+
+def test_verify_integrity_checks_pinned_image_digests_where_docker_is(tmp_path):
+    """Containers cannot run here: a stand-in `docker` answers `image inspect`."""
+    digest = "ab" * 32
+    root = tmp_path / "delivery"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "delivery" / "integrity.py", root / "scripts" / "integrity.py")
+    shutil.copy(ROOT / "delivery" / "verify-integrity.sh", root / "scripts" / "verify-integrity.sh")
+    (root / "docker-compose.yml").write_text(
+        f'services:\n  db:\n    image: "pgvector/pgvector:0.8.0-pg17@sha256:{digest}"\n'
+        f'  other:\n    image: example/other@sha256:{"cd" * 32}\n')
+    integrity.write_signed_manifest(root, private_pem())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(f'#!/bin/sh\ncase "$*" in *pgvector*) echo "pgvector/pgvector@sha256:{digest}";; '
+                                    '*) exit 1;; esac\n')
+    os.chmod(bin_dir / "docker", 0o755)
+    result = subprocess.run(["sh", root / "scripts" / "verify-integrity.sh"], capture_output=True, text=True,
+                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert f"image pgvector/pgvector:0.8.0-pg17@sha256:{digest} present" in result.stdout, result.stdout
+    assert f"FAILED: image example/other@sha256:{'cd' * 32} is not loaded, or its digest differs" in result.stdout
+    assert result.returncode == 1
