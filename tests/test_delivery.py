@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -328,4 +329,8 @@ def test_offline_round_trip(tmp_path, postgres):
     artifacts.mkdir(exist_ok=True)
     (artifacts / "delivery-round-trip.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"\ndelivery round trip: {json.dumps(metrics)}")
+    # About 2 GB (archive, unpacked tree, virtualenv with torch): not kept for
+    # pytest's last three runs once the trip has passed.
+    for big in (venv, target, tmp_path / "dist", tmp_path / "work"):
+        shutil.rmtree(big, ignore_errors=True)
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
