@@ -127,9 +127,11 @@ def dependency_wheelhouse(torch_spec: str, cache_root: Path, use_cache: bool) ->
     run([sys.executable, "-m", "pip", "wheel", "--wheel-dir", str(tmp), "--progress-bar", "off",
          "--disable-pip-version-check", *deps])
     (tmp / ".complete").write_text(key_source + "\n")
-    if target.exists():
-        shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if (target / ".complete").is_file():  # another build finished the same set meanwhile: keep that one
+        shutil.rmtree(tmp)
+        return target
+    shutil.rmtree(target, ignore_errors=True)  # an unfinished one
     tmp.rename(target)
     return target
 
