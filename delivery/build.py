@@ -122,7 +122,8 @@ def dependency_wheelhouse(torch_spec: str, cache_root: Path, use_cache: bool) ->
     if use_cache and (target / ".complete").is_file():
         log(f"dependency wheels from the cache {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}")
         return target
-    tmp = Path(tempfile.mkdtemp(prefix="wheelhouse-", dir=cache_root.parent if cache_root.parent.exists() else None))
+    cache_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="partial-", dir=cache_root))  # same filesystem: renamed into place
     log(f"downloading / building the dependency wheels ({torch_spec}) — this needs the package index")
     run([sys.executable, "-m", "pip", "wheel", "--wheel-dir", str(tmp), "--progress-bar", "off",
          "--disable-pip-version-check", *deps])
