@@ -239,6 +239,23 @@ def signing_key(path: str | None, work: Path) -> tuple[bytes, bool]:
     return pem, True
 
 
+def base_images(listed: list[str]) -> list[str]:
+    """The public images the compose files and Dockerfile start from: the
+    archive carries none, so the customer loads them (docker load)."""
+    import re
+
+    images = set()
+    for rel in listed:
+        text = (ROOT / rel).read_text(errors="replace")
+        if rel.startswith("docker-compose"):
+            images.update(m for m in re.findall(r"^\s*image:\s*[\"']?([^\s\"']+)", text, re.M)
+                          if not m.startswith("sealed-search-portal"))
+        elif rel == "Dockerfile":
+            images.update(re.findall(r"^ARG\s+\w*IMAGE\w*=(\S+)", text, re.M))
+            images.update(m for m in re.findall(r"^FROM\s+(\S+)", text, re.M) if "$" not in m)
+    return sorted(images)
+
+
 def render_readme(template: Path, values: dict[str, str]) -> str:
     text = template.read_text(encoding="utf-8")
     for name, value in values.items():
@@ -333,6 +350,7 @@ def build(args) -> Path:
         "MODEL_FILE": model.name, "MODEL_KEY_ID": header["key_id"], "TORCH": ", ".join(torch_wheels),
         "PYTHON": f"{sys.version_info[0]}.{sys.version_info[1]}",
         "LISTED": ", ".join(f"`{p}`" for p in listed if not p.startswith("config/")),
+        "IMAGES": ", ".join(f"`{i}`" for i in base_images(listed)) or "(none named)",
     })
     (stage / "README-delivery.md").write_text(readme, encoding="utf-8")
     integrity.write_signed_manifest(stage, pem)
