@@ -239,6 +239,21 @@ def signing_key(path: str | None, work: Path) -> tuple[bytes, bool]:
     return pem, True
 
 
+def glibc_needed(wheelhouse: Path) -> str:
+    """The newest glibc any wheel needs (each wheel: the oldest of its manylinux tags)."""
+    import re
+
+    needed = (2, 17)
+    for wheel in wheelhouse.glob("*.whl"):
+        platforms = wheel.name[:-4].split("-")[-1].split(".")
+        versions = [(2, 17) if p == "manylinux2014_x86_64" else (2, 5) if p.startswith("manylinux1") else
+                    (int(m.group(1)), int(m.group(2)))
+                    for p in platforms if (m := re.match(r"manylinux_(\d+)_(\d+)_", p)) or p.startswith("manylinux")]
+        if versions:
+            needed = max(needed, min(versions))
+    return f"{needed[0]}.{needed[1]}"
+
+
 def base_images(listed: list[str]) -> list[str]:
     """The public images the compose files and Dockerfile start from: the
     archive carries none, so the customer loads them (docker load)."""
@@ -350,6 +365,7 @@ def build(args) -> Path:
         "MODEL_FILE": model.name, "MODEL_KEY_ID": header["key_id"], "TORCH": ", ".join(torch_wheels),
         "PYTHON": f"{sys.version_info[0]}.{sys.version_info[1]}",
         "LISTED": ", ".join(f"`{p}`" for p in listed if not p.startswith("config/")),
+        "GLIBC": glibc_needed(wheelhouse),
         "IMAGES": ", ".join(f"`{i}`" for i in base_images(listed)) or "(none named)",
     })
     (stage / "README-delivery.md").write_text(readme, encoding="utf-8")
