@@ -28,6 +28,7 @@ install-dev: $(VENV)/.installed-dev
 	$(PY) -m portal.devenv .env
 
 serve-setup: $(VENV)/.installed .env
+	@$(PY) -m portal.devenv .env >/dev/null  # an older .env gets PORTAL_MODE=development
 	$(PY) manage.py audit_keygen --if-missing
 	$(PY) manage.py migrate --noinput -v 0
 	$(PY) manage.py collectstatic --noinput -v 0

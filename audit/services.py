@@ -8,12 +8,14 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import time
 
 from django.conf import settings
 from django.db import connection, transaction
 
 from audit.canonical import compute_mac
 from audit.checkpoints import checkpoint_after_append, checkpoint_due
+from audit.metrics import AUDIT_APPEND_FAILURES, AUDIT_APPEND_SECONDS
 from audit.mirror import mirror_event
 from audit.models import GENESIS_HASH, MAC_FIELDS, PLATFORM_CHAIN, AuditEvent, Outcome
 from keystore.keys import derive_subkey, get_keyring, key_id
@@ -178,12 +180,15 @@ def record_event(*, action: str, outcome: str = Outcome.SUCCESS, tenant=None, us
     for name in ("top_score", "latency_ms"):
         if values[name] is not None:
             values[name] = float(values[name])
+    started = time.perf_counter()
     try:
         with _append_transaction():
             _append(values, key)
     except Exception as exc:
+        AUDIT_APPEND_FAILURES.inc()
         logger.error("audit event %s could not be recorded: %s", action, exc.__class__.__name__)
         raise AuditUnavailable(f"audit log unavailable ({exc.__class__.__name__})") from exc
+    AUDIT_APPEND_SECONDS.observe(time.perf_counter() - started)
     if checkpoint_due(values["chain"], values["seq"]):
         # After the commit: a checkpoint signs a head that is already stored.
         checkpoint_after_append(chain=values["chain"], tenant=tenant, seq=values["seq"], head_hash=values["mac"])

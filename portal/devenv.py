@@ -9,11 +9,19 @@ import sys
 from pathlib import Path
 
 
+HEADER = "# Development settings written by `make run`. Never commit this file."
+# Production is the default and strict (portal/production.py); this machine is
+# a developer's: plain HTTP on loopback.
+DEVELOPMENT = "PORTAL_MODE=development"
+
+
 def write_dev_env(path: Path) -> bool:
     if path.exists():
+        _add_development_flag(path)
         return False
     lines = [
-        "# Development settings written by `make run`. Never commit this file.",
+        HEADER,
+        DEVELOPMENT,
         f"EMBED_MODEL_KEY={secrets.token_hex(32)}",
         f"AUDIT_HMAC_KEY={secrets.token_hex(32)}",
         f"DJANGO_SECRET_KEY={secrets.token_urlsafe(48)}",
@@ -25,6 +33,15 @@ def write_dev_env(path: Path) -> bool:
     with os.fdopen(fd, "w") as handle:
         handle.write("\n".join(lines))
     return True
+
+
+def _add_development_flag(path: Path) -> None:
+    """A .env that `make run` wrote before production became the default
+    gets the development flag, once; any other .env is left alone."""
+    text = path.read_text()
+    if text.startswith(HEADER) and "PORTAL_MODE=" not in text:
+        with open(path, "a") as handle:
+            handle.write(("" if text.endswith("\n") else "\n") + DEVELOPMENT + "\n")
 
 
 if __name__ == "__main__":

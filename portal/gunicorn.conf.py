@@ -6,6 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from keystore.keys import receive_handed_over_secrets, reexec_without_secrets  # noqa: E402
+from portal import metrics_gunicorn  # noqa: E402
+from portal.logs import gunicorn_logconfig  # noqa: E402
 
 # Keys given as environment variables would stay readable in /proc/<pid>/environ
 # of the master and of every worker (popping them from os.environ does not
@@ -27,6 +29,20 @@ accesslog = os.environ.get("PORTAL_ACCESS_LOG", "-") or None
 control_socket_disable = True
 # No query strings in the access log: presigned URLs carry signatures there.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+# Production: one JSON object a line on stdout (portal/logs.py); {} keeps the above.
+logconfig_dict = gunicorn_logconfig(Path(__file__).resolve().parent.parent)
+
+
+def on_starting(server):
+    metrics_gunicorn.prepare_metrics_dir()  # /metrics: PROMETHEUS_MULTIPROC_DIR, emptied
+
+
+def child_exit(server, worker):
+    metrics_gunicorn.worker_exited(worker.pid)
+
+
+def on_exit(server):
+    metrics_gunicorn.master_exiting()
 
 
 def post_worker_init(worker):

@@ -39,7 +39,17 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+# Production is the default and strict (SPEC §10, docs/decisions.md); only
+# PORTAL_MODE=development (written into .env by portal/devenv.py for `make run`,
+# set by pytest-env for the test suite) relaxes it to plain HTTP on loopback.
+PORTAL_MODE = env.str("PORTAL_MODE", default="production")
+if PORTAL_MODE not in ("production", "development"):
+    SETTINGS_ERRORS.append("PORTAL_MODE must be 'production' or 'development'")
+    PORTAL_MODE = "production"
+PRODUCTION = PORTAL_MODE == "production"
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
+if DEBUG and PRODUCTION:
+    SETTINGS_ERRORS.append("DJANGO_DEBUG must be off in production (PORTAL_MODE=development for a developer's machine)")
 _secret = env.str("DJANGO_SECRET_KEY", default="") or handed_over("DJANGO_SECRET_KEY") or ""
 env.ENVIRON.pop("DJANGO_SECRET_KEY", None)
 if not _secret and _KEYRING.audit_key:
@@ -48,7 +58,7 @@ if not _secret and _KEYRING.audit_key:
 SECRET_KEY = _secret or "unconfigured-" + "x" * 40
 del _secret
 
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[] if PRODUCTION else ["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -68,6 +78,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "portal.monitoring.MetricsMiddleware",  # request latency per route (/metrics)
+    "portal.production.ForwardedProtoMiddleware",  # X-Forwarded-Proto only from TRUSTED_PROXIES
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "portal.middleware.RequestContextMiddleware",
@@ -149,8 +161,27 @@ LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
-SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=False)
+CSRF_COOKIE_HTTPONLY = True  # no script reads it: forms carry the token, the API uses bearer tokens
+CSRF_COOKIE_SAMESITE = "Lax"
+try:
+    SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=PRODUCTION)
+except ValueError:
+    SETTINGS_ERRORS.append("DJANGO_SECURE_COOKIES must be true or false")
+    SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# --- production: behind the customer's TLS proxy (portal/production.py) -------
+from portal.production import production_settings  # noqa: E402
+
+globals().update(production_settings(env, PRODUCTION, SETTINGS_ERRORS))
+# /metrics: under gunicorn each worker writes its metrics into files there
+# (portal/metrics_gunicorn.py); it must exist before prometheus_client loads.
+if env.str("PROMETHEUS_MULTIPROC_DIR", default=""):
+    try:
+        Path(env.str("PROMETHEUS_MULTIPROC_DIR")).mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        SETTINGS_ERRORS.append("PROMETHEUS_MULTIPROC_DIR must be a folder the portal can create and write")
+        env.ENVIRON.pop("PROMETHEUS_MULTIPROC_DIR")
+# (end of production block)
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -215,9 +246,18 @@ SPECTACULAR_SETTINGS = {
 # --- product settings (SPEC §3) ---------------------------------------------
 EMBED_MODEL_PATH = env.str("EMBED_MODEL_PATH", default=str(BASE_DIR / "model" / "demo-minilm.q3e.enc"))
 EMBED_DEVICE = env.str("EMBED_DEVICE", default="auto")
-AUDIT_QUERY_MODE = env.str("AUDIT_QUERY_MODE", default="full")
-AUDIT_RETENTION_DAYS = _env_int("AUDIT_RETENTION_DAYS", 365)
-AUDIT_JSONL_PATH = env.str("AUDIT_JSONL_PATH", default="") or None
+# The audit policy a customer signs off (audit/policy.py): the file, which the
+# environment may only make stricter. It sets AUDIT_RETENTION_DAYS,
+# AUDIT_QUERY_MODE, AUDIT_CHECKPOINT_EVERY_* and AUDIT_JSONL_PATH.
+from audit.policy import load_policy  # noqa: E402
+
+AUDIT_POLICY_FILE = Path(env.str("AUDIT_POLICY_FILE", default="config/audit-policy.json"))
+if not AUDIT_POLICY_FILE.is_absolute():
+    AUDIT_POLICY_FILE = BASE_DIR / AUDIT_POLICY_FILE
+_policy = load_policy(AUDIT_POLICY_FILE, env.ENVIRON, SETTINGS_ERRORS)
+AUDIT_QUERY_MODE = _policy.query_mode
+AUDIT_RETENTION_DAYS = _policy.retention_days
+AUDIT_JSONL_PATH = _policy.mirror_path or None
 AUDIT_SIGNING_KEY_CONFIGURED = _KEYRING.signing_key_pem is not None
 TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
 API_TOKEN_DEFAULT_DAYS = _env_int("API_TOKEN_DEFAULT_DAYS", 90)
@@ -226,8 +266,10 @@ del _KEYRING
 # --- audit review, checkpoints, exports, retention, SIEM mirror ---------------
 # A signed checkpoint of a chain every N events (seq % N == 0), and at the next
 # append once a worker has written none for M minutes (0 turns either off).
-AUDIT_CHECKPOINT_EVERY_EVENTS = _env_int("AUDIT_CHECKPOINT_EVERY_EVENTS", 1000)
-AUDIT_CHECKPOINT_EVERY_MINUTES = _env_int("AUDIT_CHECKPOINT_EVERY_MINUTES", 60)
+# Set by the audit policy (config/audit-policy.json, AUDIT_POLICY_FILE).
+AUDIT_CHECKPOINT_EVERY_EVENTS = _policy.checkpoint_every_events
+AUDIT_CHECKPOINT_EVERY_MINUTES = _policy.checkpoint_every_minutes
+del _policy
 # Where audit_archive writes its signed archives before removing events.
 AUDIT_ARCHIVE_DIR = env.str("AUDIT_ARCHIVE_DIR", default=str(BASE_DIR / "var" / "audit-archive"))
 # Longest lifetime of a presigned export URL.
@@ -262,11 +304,19 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"token_or_user": env.str("API_THROTT
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(DATA_UPLOAD_MAX_MEMORY_SIZE, KB_MAX_UPLOAD_BYTES + 1024 * 1024)
 # (end of search block)
 
+# Production: one JSON object a line on stdout, no query strings, no keys
+# (portal/logs.py); development: plain lines on stderr. LOG_FORMAT overrides.
+LOG_FORMAT = env.str("LOG_FORMAT", default="").strip() or ("json" if PRODUCTION else "plain")
+if LOG_FORMAT not in ("json", "plain"):
+    SETTINGS_ERRORS.append("LOG_FORMAT must be 'json' or 'plain'")
+    LOG_FORMAT = "json"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                   "json": {"()": "portal.logs.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT,
+                             **({"stream": "ext://sys.stdout"} if LOG_FORMAT == "json" else {})}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"axes": {"level": "WARNING"}},
 }

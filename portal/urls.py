@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.i18n import set_language
 
-from portal import api, views
+from portal import api, monitoring, views
 
 handler404 = "portal.api_errors.api_or_page_404"
 handler500 = "portal.api_errors.api_or_page_500"
@@ -18,6 +18,7 @@ urlpatterns = [
     path("tokens/<int:token_id>/revoke/", views.token_revoke, name="token-revoke"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", monitoring.MetricsView.as_view(), name="metrics"),
     path("api/v1/me", api.MeApi.as_view(), name="api-me"),
     path("api/v1/tokens", api.TokenListApi.as_view(), name="api-tokens"),
     path("api/v1/tokens/<int:token_id>", api.TokenDetailApi.as_view(), name="api-token-detail"),

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,6 +36,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
 from transformers.initialization import no_init_weights
 
 from keystore.bundle import OpenedBundle, open_bundle
+from portal.metrics import MODEL_FORWARD_SECONDS, MODEL_INFO
 
 logger = logging.getLogger(__name__)
 
@@ -596,13 +598,16 @@ class Engine:
             input_ids[row, span] = seq
             mask[row, span] = 1
         stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+        started = time.perf_counter()
         with torch.inference_mode(), stream:
             input_tensor = torch.from_numpy(input_ids).to(self._torch_device, non_blocking=True)
             mask_tensor = torch.from_numpy(mask).to(self._torch_device, non_blocking=True)
             hidden = self.model(input_ids=input_tensor, attention_mask=mask_tensor).last_hidden_state
             pooled = _pool(hidden, mask_tensor, self.settings.pooling).float()
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
-            return pooled.cpu().numpy()
+            vectors = pooled.cpu().numpy()  # waits for the device: the time is the forward pass's
+        MODEL_FORWARD_SECONDS.observe(time.perf_counter() - started)
+        return vectors
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -643,7 +648,16 @@ def set_engine(engine: Engine | None) -> Engine | None:
         previous, _engine = _engine, engine
         if engine is None:
             _engine_problem = "the embedding model has not been opened in this process"
+        _served_model_metric(previous, engine)
     return previous
+
+
+def _served_model_metric(previous: Engine | None, engine: Engine | None) -> None:
+    """portal_model_info{model_id, device} is 1 for the model this process serves."""
+    if previous is not None and previous is not engine:
+        MODEL_INFO.labels(previous.model_id, str(previous.device)).set(0)
+    if engine is not None:
+        MODEL_INFO.labels(engine.model_id, str(engine.device)).set(1)
 
 
 def open_engine(path: str | os.PathLike, key: bytes | None, device: str = "auto") -> Engine:
@@ -661,6 +675,7 @@ def open_engine(path: str | os.PathLike, key: bytes | None, device: str = "auto"
             _engine_problem = f"the embedding model could not be opened: {exc}"
             raise
         _engine = engine
+        _served_model_metric(previous, engine)
         logger.info(
             "embedding model %s opened from %s on %s (key %s; languages %s; relevance floor %s)", engine.model_id,
             path, engine.device, engine.key_id, ",".join(engine.languages) or "not stated",

@@ -18,6 +18,7 @@ from audit.services import record_event
 from search.engine import EngineUnavailable, get_engine
 from search.index import Hit, best_rows, kb_indexes
 from search.languages import language_name, script_name, unread_scripts
+from search.metrics import counted_search
 from search.models import Document, KnowledgeBase, new_revision
 from search.parsing import REFUSED_CHARACTERS, Entry, ImportFileError, detect_format, parse_entries
 
@@ -411,6 +412,7 @@ def _check_or_record(action: str, query, top_k_value, **fields) -> tuple[str, in
         raise
 
 
+@counted_search("kb")
 def search_kb(*, kb: KnowledgeBase, query: str, top_k: int, user, context: dict | None = None) -> SearchResult:
     """Top-k documents of ``kb`` for ``query``: audit first, model second."""
     started = time.perf_counter()
@@ -440,6 +442,7 @@ def search_kb(*, kb: KnowledgeBase, query: str, top_k: int, user, context: dict 
     return result
 
 
+@counted_search("radar")
 def radar_search(*, tenant, documents: list, query: str, top_k: int, user, context: dict | None = None
                  ) -> SearchResult:
     """Search lines given with the request; nothing about them is stored but the audit record."""
