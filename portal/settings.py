@@ -218,6 +218,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
+# Files served at the site root (the browser asks for /favicon.ico on every page, the admin's too).
+WHITENOISE_ROOT = BASE_DIR / "portal" / "root"
 DATA_UPLOAD_MAX_MEMORY_SIZE = _env_int("PORTAL_MAX_BODY_BYTES", 10 * 1024 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
 

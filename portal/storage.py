@@ -103,10 +103,11 @@ def audit_store_check() -> tuple[bool, str]:
         with short_busy_timeout(PROBE_BUSY_TIMEOUT_MS):
             with transaction.atomic():
                 with connection.cursor() as cursor:
-                    cursor.execute(f"CREATE TABLE {_PROBE_TABLE} (filler BLOB)")
                     if connection.vendor == "sqlite":
+                        cursor.execute(f"CREATE TABLE {_PROBE_TABLE} (filler BLOB)")
                         cursor.execute(f"INSERT INTO {_PROBE_TABLE} VALUES (zeroblob(8192))")
                     else:
+                        cursor.execute(f"CREATE TABLE {_PROBE_TABLE} (filler BYTEA)")
                         cursor.execute(f"INSERT INTO {_PROBE_TABLE} VALUES (decode(repeat('00', 8192), 'hex'))")
                 transaction.set_rollback(True)
     except DatabaseError as exc:

@@ -247,19 +247,17 @@ def test_offline_round_trip(tmp_path, postgres):
     try:
         browser = Browser(f"http://127.0.0.1:{port}", origin)
         deadline = time.monotonic() + 240
-        # Up and the model open in the worker. (/readyz is recorded below: its
-        # audit-store probe is not yet right on PostgreSQL, see the report.)
+        # Ready: the model open in the worker and the audit store (PostgreSQL) writable.
         while True:
             assert server.poll() is None, "gunicorn exited:\n" + log_path.read_text(errors="replace")[-6000:]
             try:
-                up = browser.request("GET", "/healthz", timeout=5)[0] == 200
+                readyz = browser.request("GET", "/readyz", timeout=10)[0]
             except OSError:
-                up = False
-            if up and "embedding model" in log_path.read_text(errors="replace"):
+                readyz = None
+            if readyz == 200:
                 break
-            assert time.monotonic() < deadline, "not up:\n" + log_path.read_text(errors="replace")[-6000:]
+            assert time.monotonic() < deadline, f"not ready ({readyz}):\n" + log_path.read_text(errors="replace")[-6000:]
             time.sleep(0.5)
-        readyz = browser.request("GET", "/readyz", timeout=10)[0]
 
         # Sign in through the page (templates, static files and CSRF from the installed package).
         status, _, page = browser.request("GET", "/accounts/login/")
