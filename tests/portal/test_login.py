@@ -93,6 +93,16 @@ def test_healthz_and_readyz_give_no_details_without_auth(client, db):
     assert set(body) == {"status"}
 
 
+def test_the_audit_store_probe_writes_on_this_database(db):
+    """readyz's audit-store probe creates, fills and rolls back a table: it must
+    succeed on each supported database (it once used SQLite's BLOB type, which
+    PostgreSQL lacks, and /readyz stayed 503 there). `make test` runs this on
+    SQLite and again on PostgreSQL."""
+    from portal.storage import audit_store_check
+
+    assert audit_store_check() == (True, "writable")
+
+
 def test_api_404_is_problem_json(client, db):
     response = client.get("/api/v1/no-such-route")
     assert response.status_code == 404 and response["Content-Type"] == "application/problem+json"
