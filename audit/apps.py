@@ -7,7 +7,7 @@ class AuditConfig(AppConfig):
     verbose_name = _("Audit log")
 
     def ready(self):
-        from audit.mirror import mirror_check
+        from audit.ledger.mirror import mirror_check
         from portal.readiness import register_check
 
         register_check("audit_mirror", mirror_check)

@@ -251,7 +251,7 @@ EMBED_DEVICE = env.str("EMBED_DEVICE", default="auto")
 # The audit policy a customer signs off (audit/policy.py): the file, which the
 # environment may only make stricter. It sets AUDIT_RETENTION_DAYS,
 # AUDIT_QUERY_MODE, AUDIT_CHECKPOINT_EVERY_* and AUDIT_JSONL_PATH.
-from audit.policy import load_policy  # noqa: E402
+from audit.ledger.policy import load_policy  # noqa: E402
 
 AUDIT_POLICY_FILE = Path(env.str("AUDIT_POLICY_FILE", default="config/audit-policy.json"))
 if not AUDIT_POLICY_FILE.is_absolute():

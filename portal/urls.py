@@ -22,7 +22,7 @@ urlpatterns = [
     path("api/v1/me", api.MeApi.as_view(), name="api-me"),
     path("api/v1/tokens", api.TokenListApi.as_view(), name="api-tokens"),
     path("api/v1/tokens/<int:token_id>", api.TokenDetailApi.as_view(), name="api-token-detail"),
-    path("", include("audit.urls")),
+    path("", include("audit.review.urls")),
     path("admin/", admin.site.urls),
     path("", include("search.urls")),
 ]

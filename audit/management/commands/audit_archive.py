@@ -3,10 +3,10 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.checkpoints import SigningUnavailable
-from audit.context import command_context
-from audit.retention import ArchiveRefused, archive_chain, archive_plan, retention_cutoff
-from audit.verify import chains
+from audit.ledger.checkpoints import SigningUnavailable
+from audit.ledger.context import command_context
+from audit.ledger.retention import ArchiveRefused, archive_chain, archive_plan, retention_cutoff
+from audit.ledger.verify import chains
 from portal.models import Tenant
 
 

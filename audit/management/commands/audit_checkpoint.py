@@ -3,8 +3,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.checkpoints import SigningUnavailable, checkpoint_create, checkpoint_document
-from audit.verify import chains
+from audit.ledger.checkpoints import SigningUnavailable, checkpoint_create, checkpoint_document
+from audit.ledger.verify import chains
 from portal.cli import tenant_from_option
 from portal.models import Tenant
 

@@ -2,11 +2,11 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.checkpoints import (
+from audit.ledger.checkpoints import (
     CheckpointFileError, SigningUnavailable, check_chain_against_checkpoint, check_stored_checkpoints,
     parse_checkpoint_document, pinned_public_keys,
 )
-from audit.verify import chains, checkpointed_chains, unrecorded_activity, verify_chain
+from audit.ledger.verify import chains, checkpointed_chains, unrecorded_activity, verify_chain
 from keystore.signing import SigningKeyError, public_key_from_text
 from portal.cli import tenant_from_option
 from portal.models import Tenant

@@ -25,9 +25,9 @@ from typing import BinaryIO, Iterable
 
 from django.conf import settings
 
-from audit.canonical import canonical_bytes, format_time
-from audit.checkpoints import checkpoint_create, checkpoint_document, signing_key
-from audit.models import MAC_FIELDS, PLATFORM_CHAIN, AuditEvent
+from audit.ledger.canonical import canonical_bytes, format_time
+from audit.ledger.checkpoints import checkpoint_create, checkpoint_document, signing_key
+from audit.ledger.models import MAC_FIELDS, PLATFORM_CHAIN, AuditEvent
 from keystore import envelope
 from keystore.signing import public_key_text, sign, signing_key_id
 

@@ -17,10 +17,10 @@ from django.db.models import Count, Q
 from django.db.models.functions import TruncDate
 from django.utils.translation import gettext as _
 
-from audit.canonical import compute_mac
-from audit.checkpoints import latest_checkpoint
-from audit.models import GENESIS_HASH, MAC_FIELDS, AuditEvent, Outcome
-from audit.verify import archived_through, verify_chain
+from audit.ledger.canonical import compute_mac
+from audit.ledger.checkpoints import latest_checkpoint
+from audit.ledger.models import GENESIS_HASH, MAC_FIELDS, AuditEvent, Outcome
+from audit.ledger.verify import archived_through, verify_chain
 from keystore.keys import get_keyring
 from portal.models import Membership, Role, Tenant
 

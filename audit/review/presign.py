@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
-from audit.export import ExportError, parse_bound
+from audit.ledger.export import ExportError, parse_bound
 from keystore.keys import derive_subkey, get_keyring
 from portal.models import Membership, Role, Tenant
 

@@ -13,11 +13,11 @@ import time
 from django.conf import settings
 from django.db import connection, transaction
 
-from audit.canonical import compute_mac
-from audit.checkpoints import checkpoint_after_append, checkpoint_due
-from audit.metrics import AUDIT_APPEND_FAILURES, AUDIT_APPEND_SECONDS
-from audit.mirror import mirror_event
-from audit.models import GENESIS_HASH, MAC_FIELDS, PLATFORM_CHAIN, AuditEvent, Outcome
+from audit.ledger.canonical import compute_mac
+from audit.ledger.checkpoints import checkpoint_after_append, checkpoint_due
+from audit.ledger.metrics import AUDIT_APPEND_FAILURES, AUDIT_APPEND_SECONDS
+from audit.ledger.mirror import mirror_event
+from audit.ledger.models import GENESIS_HASH, MAC_FIELDS, PLATFORM_CHAIN, AuditEvent, Outcome
 from keystore.keys import derive_subkey, get_keyring, key_id
 
 logger = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def audit_export_write(*, out, tenant, user, context: dict | None, kind: str, ev
                        recipient: str | None = None, via: str, created_by: str | None = None):
     """Write a signed bundle to ``out`` (opened w+b) and record `audit.export`
     with its digest. Raises SigningUnavailable / ExportError / EnvelopeError."""
-    from audit.export import write_bundle
+    from audit.ledger.export import write_bundle
 
     result = write_bundle(out, tenant=tenant, events=events, kind=kind, description=description,
                           created_by=created_by or (user.get_username() if user is not None else via),

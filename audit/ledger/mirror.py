@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from audit.canonical import canonical_bytes, format_time
+from audit.ledger.canonical import canonical_bytes, format_time
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +208,8 @@ def _load_state(fd: int, path: str) -> dict:
 
 def _missed(chain: int, after: int, before: int) -> list[tuple[int, bytes]]:
     """The chain's events with after < seq < before, from the database, in order."""
-    from audit.export import event_line
-    from audit.models import MAC_FIELDS, AuditEvent
+    from audit.ledger.export import event_line
+    from audit.ledger.models import MAC_FIELDS, AuditEvent
 
     rows = (AuditEvent.objects.filter(chain=chain, seq__gt=after, seq__lt=before).order_by("seq")
             .values("mac", *MAC_FIELDS)[:CATCH_UP_BATCH])

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from audit.canonical import compute_mac
-from audit.models import GENESIS_HASH, MAC_FIELDS, AuditEvent
+from audit.ledger.canonical import compute_mac
+from audit.ledger.models import GENESIS_HASH, MAC_FIELDS, AuditEvent
 from keystore.keys import get_keyring
 
 
@@ -106,7 +106,7 @@ def verify_chain(chain: int, *, keys_by_id: dict[str, bytes] | None = None,
 
 def checkpointed_chains() -> list[int]:
     """Chains that have a stored checkpoint (their events may all be gone)."""
-    from audit.models import AuditCheckpoint
+    from audit.ledger.models import AuditCheckpoint
 
     return list(AuditCheckpoint.objects.order_by().values_list("chain", flat=True).distinct())
 
