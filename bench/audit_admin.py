@@ -2,7 +2,7 @@
 a filtered change list (user + date range) and a detail page, rendered through
 Django's test client as a logged-in compliance officer; p50 over N runs.
 
-The events are a valid chain (MACs computed in Python, audit.bulk), generated
+The events are a valid chain (MACs computed in Python, audit.ledger.bulk), generated
 once into bench/out/audit-admin-<N>.sqlite3 with the key beside it, and reused.
 
     .venv/bin/python bench/audit_admin.py [--events 1000000] [--runs 7]

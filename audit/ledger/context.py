@@ -1,5 +1,27 @@
-"""The request facts an audit event records, taken from a Django or DRF request."""
-from portal.request_context import session_digest
+"""The request facts an audit event records, taken from a Django or DRF request
+(the middleware has set its client_ip and request_id)."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+
+from keystore.keys import derive_subkey, get_keyring
+
+
+@functools.lru_cache(maxsize=4)
+def _session_digest_key(audit_key: bytes) -> bytes:
+    return derive_subkey(audit_key, "session-digest")
+
+
+def session_digest(session_key: str | None) -> str:
+    """A keyed digest that links events of one session without storing its key.
+    Keyed by a subkey of the audit key, like the stored query's digest: what
+    the ledger writes, and how, is the ledger's; keystore only holds the key."""
+    audit_key = get_keyring().audit_key
+    if not session_key or not audit_key:
+        return ""
+    return hmac.new(_session_digest_key(audit_key), session_key.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def request_context(request) -> dict:

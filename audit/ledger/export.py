@@ -7,7 +7,7 @@ hashes, SHA-256 of the events file, gaps, a fresh signed checkpoint) and
 whole ZIP is sealed to one auditor's X25519 key (keystore/envelope.py).
 
 Writing a bundle records nothing; the services that hand one out record
-`audit.export` (audit/services.py).
+`audit.export` (audit/ledger/services.py).
 """
 from __future__ import annotations
 

@@ -44,7 +44,8 @@ from django.conf import settings
 
 from audit.ledger.canonical import canonical_bytes, format_time
 
-logger = logging.getLogger(__name__)
+# The name it had before audit/ledger/: log filters and alerts know it.
+logger = logging.getLogger("audit.mirror")
 
 CATCH_UP_BATCH = 5000
 TAIL_SCAN_BYTES = 64 << 20

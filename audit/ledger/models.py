@@ -1,9 +1,8 @@
 """The append-only audit event. Each row is MAC'd over every field and linked to
 the previous row of its chain (one chain per tenant, chain 0 for the platform)."""
+from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
-
-from portal.models import Tenant
 
 PLATFORM_CHAIN = 0
 GENESIS_HASH = "0" * 64
@@ -40,8 +39,8 @@ class AuditEvent(models.Model):
     chain = models.PositiveIntegerField(_("chain"), help_text=_("organisation id, or 0 for the platform chain"))
     seq = models.PositiveBigIntegerField(_("sequence number"))
     # No index of its own: every (tenant, …) index below serves tenant lookups.
-    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
-                               db_index=False, verbose_name=_("organisation"))
+    tenant = models.ForeignKey(settings.AUDIT_TENANT_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                               related_name="+", db_index=False, verbose_name=_("organisation"))
     occurred_at = models.DateTimeField(_("time (UTC)"))
     action = models.CharField(_("action"), max_length=64)
     outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
@@ -106,7 +105,8 @@ class AuditCheckpoint(models.Model):
     never changes the chain it describes."""
 
     chain = models.PositiveIntegerField()
-    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    tenant = models.ForeignKey(settings.AUDIT_TENANT_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                               related_name="+")
     seq = models.PositiveBigIntegerField()
     head_hash = models.CharField(max_length=64)
     created_at = models.DateTimeField()
@@ -133,7 +133,7 @@ class AuditCheckpoint(models.Model):
 class ArchiveAuthorisation(models.Model):
     """While a row exists, the database lets events of ``chain`` with
     ``seq <= through_seq`` be deleted (the one sanctioned DELETE, see
-    migration 0004). ``audit.retention.archive_chain`` writes it and removes it
+    migration 0004). ``audit.ledger.retention.archive_chain`` writes it and removes it
     in the same transaction; nothing else may."""
 
     chain = models.PositiveIntegerField()

@@ -20,7 +20,8 @@ from audit.ledger.mirror import mirror_event
 from audit.ledger.models import GENESIS_HASH, MAC_FIELDS, PLATFORM_CHAIN, AuditEvent, Outcome
 from keystore.keys import derive_subkey, get_keyring, key_id
 
-logger = logging.getLogger(__name__)
+# The name it had before audit/ledger/: log filters and alerts know it.
+logger = logging.getLogger("audit.services")
 
 
 class AuditUnavailable(Exception):
@@ -148,7 +149,7 @@ def record_event(*, action: str, outcome: str = Outcome.SUCCESS, tenant=None, us
                  **fields) -> AuditEvent:
     """Append one event to its tenant's chain (or the platform chain).
 
-    ``context`` carries the request facts (see ``audit.context``); ``fields``
+    ``context`` carries the request facts (see ``audit.ledger.context``); ``fields``
     are any other event columns (resource_type, kb_id, top_score, …).
     Raises AuditUnavailable if the event could not be stored.
     """
