@@ -38,4 +38,3 @@ def client_ip(meta) -> str | None:
         if not any(address in net for net in trusted):
             return str(address)
     return str(remote)
-

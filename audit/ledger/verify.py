@@ -109,4 +109,3 @@ def checkpointed_chains() -> list[int]:
     from audit.ledger.models import AuditCheckpoint
 
     return list(AuditCheckpoint.objects.order_by().values_list("chain", flat=True).distinct())
-
