@@ -47,6 +47,8 @@ def tree(tmp_path):
 
 @pytest.mark.parametrize("module, line, contract, named", [
     ("audit/ledger/canonical.py", "import portal.models", FLOORS, "audit.ledger.canonical -> portal.models"),
+    ("audit/apps.py", "from portal.readiness import register_check", FLOORS, "audit.apps -> portal.readiness"),
+    ("audit/models.py", "from portal.models import Tenant", FLOORS, "audit.models -> portal.models"),
     ("audit/ledger/verify.py", "from audit.review import selectors", FLOORS,
      "audit.ledger.verify -> audit.review.selectors"),
     ("keystore/keys.py", "import audit.ledger.canonical", FLOORS, "keystore.keys -> audit.ledger.canonical"),
