@@ -45,7 +45,7 @@ def tree(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("module, line, contract, named", [
+CROSSINGS = [
     ("audit/ledger/canonical.py", "import portal.models", FLOORS, "audit.ledger.canonical -> portal.models"),
     ("audit/apps.py", "from portal.readiness import register_check", FLOORS, "audit.apps -> portal.readiness"),
     ("audit/models.py", "from portal.models import Tenant", FLOORS, "audit.models -> portal.models"),
@@ -58,7 +58,11 @@ def tree(tmp_path):
     ("audit/management/commands/audit_verify.py", "import search.models", SEARCH_ON_TOP,
      "audit.management.commands.audit_verify -> search.models"),
     ("keystore/signing.py", "import django.conf", KEYSTORE_PLAIN, "keystore.signing -> django (l."),
-])
+]
+
+
+@pytest.mark.parametrize("module, line, contract, named", CROSSINGS,
+                         ids=[named.split(" (")[0].replace(" ", "") for *_, named in CROSSINGS])
 def test_a_crossed_floor_breaks_the_contract(tree, module, line, contract, named):
     path = tree / module
     path.write_text(path.read_text() + f"\n{line}  # crossing a floor on purpose\n")
