@@ -54,7 +54,10 @@ POSTGRES_TESTS ?= tests/audit tests/portal tests/search/test_search_api.py \
 	tests/search/test_limits_and_input.py tests/search/test_index.py -m "not slow" \
 	--ignore=tests/portal/test_storage_faults.py
 
+# The import contract first (pyproject.toml [tool.importlinter]): a floor
+# crossed fails in a second, before the suite's minutes.
 test: $(VENV)/.installed-dev
+	$(VENV)/bin/lint-imports
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 	$(TEST_ENV) $(PY) tests/run_on_postgres.py $(POSTGRES_TESTS) $(PYTEST_ARGS)
 

@@ -3,14 +3,9 @@ from django.utils.translation import gettext_lazy as _
 
 
 class AuditConfig(AppConfig):
+    """The ledger (audit/ledger/) and its review (audit/review/) as one Django
+    app: one app label, one set of migrations. Its readiness checks are
+    registered by portal, which owns readiness (portal/apps.py)."""
+
     name = "audit"
     verbose_name = _("Audit log")
-
-    def ready(self):
-        from audit.mirror import mirror_check
-        from portal.readiness import register_check
-
-        register_check("audit_mirror", mirror_check)
-        from portal.storage import audit_store_check
-
-        register_check("audit_store", audit_store_check)

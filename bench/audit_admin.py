@@ -2,7 +2,7 @@
 a filtered change list (user + date range) and a detail page, rendered through
 Django's test client as a logged-in compliance officer; p50 over N runs.
 
-The events are a valid chain (MACs computed in Python, audit.bulk), generated
+The events are a valid chain (MACs computed in Python, audit.ledger.bulk), generated
 once into bench/out/audit-admin-<N>.sqlite3 with the key beside it, and reused.
 
     .venv/bin/python bench/audit_admin.py [--events 1000000] [--runs 7]
@@ -43,8 +43,8 @@ def generate(events: int):
     from django.contrib.auth import get_user_model
     from django.db import connection
 
-    from audit.bulk import bulk_append
-    from audit.models import AuditEvent
+    from audit.ledger.bulk import bulk_append
+    from audit.ledger.models import AuditEvent
     from portal.models import Membership, Tenant
 
     acme, _ = Tenant.objects.get_or_create(slug="acme", defaults={"name": "Acme"})
@@ -127,8 +127,8 @@ def main():
     from django.core.management import call_command
     from django.test import Client
 
-    from audit.models import AuditEvent
-    from audit.verify import verify_chain
+    from audit.ledger.models import AuditEvent
+    from audit.ledger.verify import verify_chain
 
     call_command("migrate", verbosity=0)
     acme, officer, searchers = generate(args.events)

@@ -31,7 +31,7 @@ def service_appender():
 
     django.setup()
     call_command("migrate", verbosity=0)
-    from audit.services import record_event
+    from audit.ledger.services import record_event
     from portal.models import Tenant
 
     tenant = Tenant.objects.create(slug="bench", name="Bench")

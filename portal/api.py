@@ -4,7 +4,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit.context import request_context
+from audit.ledger.context import request_context
 from portal import services
 from portal.models import ApiToken
 from portal.selectors import token_list

@@ -1,9 +1,9 @@
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from audit.context import request_context
-from audit.models import Outcome
-from audit.services import AuditUnavailable, record_event
+from audit.ledger.context import request_context
+from audit.ledger.models import Outcome
+from audit.ledger.services import AuditUnavailable, record_event
 from portal.services import token_authenticate
 
 

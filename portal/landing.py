@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.urls import reverse
 
-from portal.models import Membership, Role
+from portal.grants import reviewable_tenant_ids
+from portal.models import Role
 from portal.tenancy import CAPABILITIES, acting_roles
 
 # A role's own work, most specific first: a user with several roles in the
@@ -35,6 +36,5 @@ def roles_for(capability: str | None) -> list[Role]:
 def reviews_audit(user) -> bool:
     """Whether ``user`` may open the audit review in the admin: a platform
     superuser, or a compliance officer of at least one organisation."""
-    if not getattr(user, "is_authenticated", False) or not user.is_active:
-        return False
-    return user.is_superuser or Membership.objects.filter(user=user, role=Role.COMPLIANCE).exists()
+    ids = reviewable_tenant_ids(user)
+    return ids is None or bool(ids)

@@ -1,15 +1,12 @@
-"""Facts about a request that the audit log records: client IP (honouring
-only TRUSTED_PROXIES), user agent, request id, and a keyed session digest."""
+"""The client IP that the audit log records for a request, honouring only
+TRUSTED_PROXIES. (The keyed session digest is the ledger's own:
+audit/ledger/context.py.)"""
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import ipaddress
 
 from django.conf import settings
-
-from keystore.keys import derive_subkey, get_keyring
 
 
 @functools.lru_cache(maxsize=8)
@@ -41,16 +38,3 @@ def client_ip(meta) -> str | None:
         if not any(address in net for net in trusted):
             return str(address)
     return str(remote)
-
-
-@functools.lru_cache(maxsize=4)
-def _session_digest_key(audit_key: bytes) -> bytes:
-    return derive_subkey(audit_key, "session-digest")
-
-
-def session_digest(session_key: str | None) -> str:
-    """A keyed digest that links events of one session without storing its key."""
-    audit_key = get_keyring().audit_key
-    if not session_key or not audit_key:
-        return ""
-    return hmac.new(_session_digest_key(audit_key), session_key.encode(), hashlib.sha256).hexdigest()[:32]

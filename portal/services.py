@@ -10,8 +10,8 @@ from django.contrib.auth import get_user_model
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from audit.models import Outcome
-from audit.services import record_event
+from audit.ledger.models import Outcome
+from audit.ledger.services import record_event
 from portal.models import ApiToken, Membership, Tenant
 from portal.rows import column_values, row_get
 from portal.storage import short_busy_timeout

@@ -248,10 +248,10 @@ SPECTACULAR_SETTINGS = {
 # --- product settings (SPEC §3) ---------------------------------------------
 EMBED_MODEL_PATH = env.str("EMBED_MODEL_PATH", default=str(BASE_DIR / "model" / "demo-minilm.q3e.enc"))
 EMBED_DEVICE = env.str("EMBED_DEVICE", default="auto")
-# The audit policy a customer signs off (audit/policy.py): the file, which the
+# The audit policy a customer signs off (audit/ledger/policy.py): the file, which the
 # environment may only make stricter. It sets AUDIT_RETENTION_DAYS,
 # AUDIT_QUERY_MODE, AUDIT_CHECKPOINT_EVERY_* and AUDIT_JSONL_PATH.
-from audit.policy import load_policy  # noqa: E402
+from audit.ledger.policy import load_policy  # noqa: E402
 
 AUDIT_POLICY_FILE = Path(env.str("AUDIT_POLICY_FILE", default="config/audit-policy.json"))
 if not AUDIT_POLICY_FILE.is_absolute():
@@ -266,6 +266,10 @@ API_TOKEN_DEFAULT_DAYS = _env_int("API_TOKEN_DEFAULT_DAYS", 90)
 del _KEYRING
 
 # --- audit review, checkpoints, exports, retention, SIEM mirror ---------------
+# The tenant model the audit ledger's events and checkpoints point to, named
+# here as AUTH_USER_MODEL names the user model: audit/ledger imports nothing
+# from portal (SPEC §2).
+AUDIT_TENANT_MODEL = "portal.Tenant"
 # A signed checkpoint of a chain every N events (seq % N == 0), and at the next
 # append once a worker has written none for M minutes (0 turns either off).
 # Set by the audit policy (config/audit-policy.json, AUDIT_POLICY_FILE).

@@ -2,8 +2,8 @@
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 
-from audit.context import request_context
-from audit.services import record_event
+from audit.ledger.context import request_context
+from audit.ledger.services import record_event
 from portal.services import login_failure_record
 from portal.tenancy import session_tenant
 

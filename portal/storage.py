@@ -42,7 +42,7 @@ def short_busy_timeout(milliseconds: int):
 
 
 def is_storage_fault(exc: BaseException) -> bool:
-    from audit.services import AuditUnavailable
+    from audit.ledger.services import AuditUnavailable
 
     if isinstance(exc, AuditUnavailable):
         return True
@@ -56,7 +56,7 @@ def storage_fault_response(request, exc: BaseException):
     from django.shortcuts import render
     from django.utils.translation import gettext as _
 
-    from audit.services import AuditUnavailable
+    from audit.ledger.services import AuditUnavailable
     from portal.api_errors import is_api_path, problem_response
 
     cause = exc.__cause__ or exc  # AuditUnavailable carries the database's error

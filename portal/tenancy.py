@@ -73,9 +73,9 @@ def has_capability(request, capability: str) -> bool:
 
 def record_denial(request, *, action: str, resource_type: str, resource_id: str = "", **detail) -> None:
     """Every refusal is an audit event too (outcome denied), in the acting tenant's chain."""
-    from audit.context import request_context
-    from audit.models import Outcome
-    from audit.services import AuditUnavailable, record_event
+    from audit.ledger.context import request_context
+    from audit.ledger.models import Outcome
+    from audit.ledger.services import AuditUnavailable, record_event
 
     try:
         record_event(action=action, outcome=Outcome.DENIED, tenant=getattr(request, "tenant", None),

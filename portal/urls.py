@@ -3,7 +3,9 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.i18n import set_language
 
+from audit.review import urls as audit_review_urls
 from portal import api, monitoring, views
+from search import urls as search_urls
 
 handler404 = "portal.api_errors.api_or_page_404"
 handler500 = "portal.api_errors.api_or_page_500"
@@ -22,7 +24,7 @@ urlpatterns = [
     path("api/v1/me", api.MeApi.as_view(), name="api-me"),
     path("api/v1/tokens", api.TokenListApi.as_view(), name="api-tokens"),
     path("api/v1/tokens/<int:token_id>", api.TokenDetailApi.as_view(), name="api-token-detail"),
-    path("", include("audit.urls")),
+    path("", include(audit_review_urls)),
     path("admin/", admin.site.urls),
-    path("", include("search.urls")),
+    path("", include(search_urls)),
 ]

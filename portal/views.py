@@ -11,7 +11,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import pgettext
 from django.views.decorators.http import require_GET, require_POST
 
-from audit.context import request_context
+from audit.ledger.context import request_context
 from portal import services
 from portal.forms import LoginForm, TokenCreateForm
 from portal.readiness import readiness

@@ -13,8 +13,8 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit.context import request_context
-from audit.services import AuditUnavailable
+from audit.ledger.context import request_context
+from audit.ledger.services import AuditUnavailable
 from portal.api_errors import Problem
 from portal.tenancy import record_denial, require_capability
 from search import selectors, services

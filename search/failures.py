@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.utils.translation import gettext as _
 
-from audit.services import AuditUnavailable
+from audit.ledger.services import AuditUnavailable
 from search import services
 from search.engine import EngineError
 from search.parsing import ImportFileError

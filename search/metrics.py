@@ -7,7 +7,7 @@ from portal.metrics import SEARCHES
 
 
 def outcome_of(exc: BaseException) -> str:
-    from audit.services import AuditUnavailable
+    from audit.ledger.services import AuditUnavailable
     from search.engine import EngineUnavailable
     from search.services import ModelMismatch, SearchInputError
 

@@ -13,8 +13,8 @@ from django.db import IntegrityError, transaction
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
-from audit.models import Outcome
-from audit.services import record_event
+from audit.ledger.models import Outcome
+from audit.ledger.services import record_event
 from search.engine import EngineUnavailable, get_engine
 from search.index import Hit, best_rows, kb_indexes
 from search.languages import language_name, script_name, unread_scripts

@@ -4,9 +4,9 @@ from pathlib import Path
 
 from django.conf import settings
 
-from audit.context import command_context
-from audit.models import Outcome
-from audit.services import AuditUnavailable, record_event
+from audit.ledger.context import command_context
+from audit.ledger.models import Outcome
+from audit.ledger.services import AuditUnavailable, record_event
 from keystore.keys import get_keyring
 from search.engine import open_engine
 

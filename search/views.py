@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from audit.context import request_context
+from audit.ledger.context import request_context
 from portal.api_errors import problem
 from portal.landing import landing_url
 from portal.tenancy import has_capability, require_capability

@@ -38,7 +38,7 @@ RUNS = [
 
 @pytest.fixture
 def portal(live_server, served, tenants, make_user, make_token, tmp_path, monkeypatch):
-    from audit.models import AuditEvent
+    from audit.ledger.models import AuditEvent
     from keystore.keys import get_keyring
     from keystore.signing import generate_signing_key
     from search.parsing import Entry

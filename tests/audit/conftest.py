@@ -53,7 +53,7 @@ def people(tenants, make_user):
 @pytest.fixture
 def searches(tenants, people):
     """Search events in both tenants; globex's carry words that must never leak."""
-    from audit.services import record_event
+    from audit.ledger.services import record_event
 
     made = {"acme": [], "globex": []}
     for i in range(4):
@@ -103,7 +103,7 @@ def audit_writes_refused():
 
 def backdated(tenant, count, *, start, step=dt.timedelta(minutes=1), **fields):
     """``count`` events of ``tenant`` from ``start`` on, a valid chain (audit.bulk)."""
-    from audit.bulk import bulk_append
+    from audit.ledger.bulk import bulk_append
 
     rows = ({"occurred_at": start + i * step, "action": "search.completed", "username": "old-user",
              "query": f"old question {i}", **fields} for i in range(count))
@@ -111,6 +111,6 @@ def backdated(tenant, count, *, start, step=dt.timedelta(minutes=1), **fields):
 
 
 def load_tool():
-    from audit.export import standalone_verifier
+    from audit.ledger.export import standalone_verifier
 
     return standalone_verifier()

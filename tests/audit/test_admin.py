@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 from tests.audit.conftest import drop_triggers, load_tool
 
 LIST = "/admin/audit/auditevent/"
@@ -123,7 +123,7 @@ def test_each_page_view_records_one_audit_view(searches, people, login):
 
 
 def test_filter_by_user_and_date(searches, people, tenants, login):
-    from audit.services import record_event
+    from audit.ledger.services import record_event
 
     record_event(action="search.completed", tenant=tenants["acme"], user=people["officer"], query="officer asks")
     today = dt.date.today().isoformat()
@@ -228,7 +228,7 @@ def test_superuser_sees_every_tenant(searches, login, django_user_model):
 
 
 def test_reviews_of_the_log_are_hidden_by_default_and_stay_in_the_chain(searches, people, login):
-    from audit.verify import verify_chain
+    from audit.ledger.verify import verify_chain
 
     client = login(people["officer"])
     for _ in range(3):
@@ -249,7 +249,7 @@ def test_reviews_of_the_log_are_hidden_by_default_and_stay_in_the_chain(searches
 def test_detail_time_has_seconds_and_milliseconds_and_the_score_is_rounded(tenants, people, login):
     import datetime as dt
 
-    from audit.services import record_event
+    from audit.ledger.services import record_event
 
     event = record_event(action="search.completed", tenant=tenants["acme"], user=people["searcher"], query="q",
                          top_score=0.812345678, latency_ms=12.3456)

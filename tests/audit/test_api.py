@@ -5,8 +5,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
-from audit.models import AuditEvent
-from audit.presign import presign_params, presign_query
+from audit.ledger.models import AuditEvent
+from audit.review.presign import presign_params, presign_query
 from tests.audit.conftest import load_tool
 
 EVENTS, EXPORT, PRESIGN = "/api/v1/audit/events", "/api/v1/audit/export", "/api/v1/audit/export/presign"
@@ -43,7 +43,7 @@ def test_bad_filters_are_400_problems(searches, officer_api):
 
 
 def test_cursor_pagination_walks_every_event_once(tenants, people, officer_api):
-    from audit.services import record_event
+    from audit.ledger.services import record_event
 
     for i in range(25):
         record_event(action="search.completed", tenant=tenants["acme"], query=f"q{i}")

@@ -35,7 +35,7 @@ def _chromium_installed():
 
 SEED = """
 from django.contrib.auth import get_user_model
-from audit.services import record_event
+from audit.ledger.services import record_event
 from portal.models import Membership, Tenant
 acme = Tenant.objects.create(slug="acme", name="Acme")
 globex = Tenant.objects.create(slug="globex", name="Globex")

@@ -6,10 +6,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, connections, transaction
 
-from audit.canonical import compute_mac
-from audit.models import GENESIS_HASH, MAC_FIELDS, AuditEvent, AuditEventImmutable
-from audit.services import record_event
-from audit.verify import verify_chain
+from audit.ledger.canonical import compute_mac
+from audit.ledger.models import GENESIS_HASH, MAC_FIELDS, AuditEvent, AuditEventImmutable
+from audit.ledger.services import record_event
+from audit.ledger.verify import verify_chain
 from tests.audit.conftest import audit_writes_refused
 from keystore.keys import get_keyring
 
@@ -204,7 +204,7 @@ def test_concurrent_appends_never_share_a_predecessor(tenants):
 def test_a_refused_append_outside_any_transaction_leaves_nothing_open(tenants):
     # Outside an atomic block (a request, a command) SQLite appends run their
     # own BEGIN IMMEDIATE … COMMIT; a refused insert must roll that back.
-    from audit.services import AuditUnavailable
+    from audit.ledger.services import AuditUnavailable
 
     first = record_event(action="auth.login", tenant=tenants["acme"])
     assert not connection.in_atomic_block

@@ -6,9 +6,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from audit.checkpoints import checkpoint_create, parse_checkpoint_document
-from audit.models import AuditCheckpoint, AuditEvent
-from audit.services import record_event
+from audit.ledger.checkpoints import checkpoint_create, parse_checkpoint_document
+from audit.ledger.models import AuditCheckpoint, AuditEvent
+from audit.ledger.services import record_event
 from tests.audit.conftest import drop_triggers
 
 
@@ -36,7 +36,7 @@ def test_record_event_writes_a_signed_checkpoint_every_n_events(tenants, signing
 
 
 def test_record_event_writes_a_checkpoint_when_minutes_have_passed(tenants, signing_key, settings, monkeypatch):
-    import audit.checkpoints as checkpoints
+    import audit.ledger.checkpoints as checkpoints
 
     settings.AUDIT_CHECKPOINT_EVERY_EVENTS = 0
     settings.AUDIT_CHECKPOINT_EVERY_MINUTES = 10
@@ -199,7 +199,7 @@ def _forge_row(chain, seq, head_hash, *, signer, key_id=None):
 def test_a_forged_checkpoint_row_is_reported_and_not_trusted(tenants, signing_key):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from audit.checkpoints import signing_key as own_key
+    from audit.ledger.checkpoints import signing_key as own_key
     from keystore.signing import signing_key_id
 
     acme = tenants["acme"].pk

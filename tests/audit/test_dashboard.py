@@ -1,13 +1,13 @@
 """The compliance dashboard: local rendering, scoped, audited."""
 import re
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 
 URL = "/audit/dashboard/"
 
 
 def test_officer_sees_the_dashboard(searches, people, login, signing_key):
-    from audit.checkpoints import checkpoint_create
+    from audit.ledger.checkpoints import checkpoint_create
 
     checkpoint_create(chain=searches["acme"][0].chain, tenant=searches["acme"][0].tenant)
     response = login(people["officer"]).get(URL)

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 from tests.audit.conftest import drop_triggers, load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,7 +161,7 @@ def test_audit_verify_export_also_checks_every_mac(searches, signing_key, tmp_pa
     only the MAC (the audit key) catches it."""
     from keystore.signing import sign
 
-    from audit.checkpoints import signing_key as key
+    from audit.ledger.checkpoints import signing_key as key
 
     _, _, bundle = export(tmp_path)
     assert run("audit_verify_export", str(bundle))[0] == 0
@@ -183,7 +183,7 @@ def test_audit_verify_export_also_checks_every_mac(searches, signing_key, tmp_pa
 
 
 def test_tool_checks_a_held_checkpoint_against_the_export(searches, signing_key, tmp_path):
-    from audit.services import record_event
+    from audit.ledger.services import record_event
 
     record_event(action="auth.login", tenant=searches["acme"][0].tenant)
     held = tmp_path / "later.json"
@@ -237,7 +237,7 @@ def test_standalone_tool_runs_in_a_fresh_venv_with_only_cryptography(searches, s
 def _public_pem(tmp_path) -> Path:
     from cryptography.hazmat.primitives import serialization
 
-    from audit.checkpoints import signing_key as key
+    from audit.ledger.checkpoints import signing_key as key
 
     path = tmp_path / "portal-signing.pub.pem"
     path.write_bytes(key().public_key().public_bytes(serialization.Encoding.PEM,
@@ -248,7 +248,7 @@ def _public_pem(tmp_path) -> Path:
 def _fingerprint() -> str:
     import hashlib
 
-    from audit.checkpoints import signing_key as key
+    from audit.ledger.checkpoints import signing_key as key
     from keystore.signing import public_key_raw
 
     return hashlib.sha256(public_key_raw(key().public_key())).hexdigest()

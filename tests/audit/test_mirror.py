@@ -11,9 +11,9 @@ import stat
 import pytest
 from django.db import transaction
 
-from audit import mirror
-from audit.models import AuditEvent
-from audit.services import record_event
+from audit.ledger import mirror
+from audit.ledger.models import AuditEvent
+from audit.ledger.services import record_event
 
 
 @pytest.fixture(autouse=True)
@@ -38,8 +38,8 @@ def test_each_event_is_appended_with_its_mac(tenants, settings, tmp_path, commit
 
 
 def test_mirror_lines_match_the_export_form(tenants, settings, tmp_path, committed):
-    from audit.export import event_line
-    from audit.models import MAC_FIELDS
+    from audit.ledger.export import event_line
+    from audit.ledger.models import MAC_FIELDS
 
     settings.AUDIT_JSONL_PATH = str(tmp_path / "audit.jsonl")
     with committed():
@@ -108,8 +108,8 @@ class FullDisk:
 
 
 def assert_mirror_holds_every_event_once(path, chain):
-    from audit.export import event_line
-    from audit.models import MAC_FIELDS
+    from audit.ledger.export import event_line
+    from audit.ledger.models import MAC_FIELDS
 
     data = path.read_bytes()
     assert data.endswith(b"\n"), "the file ends in a partial line"
@@ -182,8 +182,8 @@ def test_a_partial_line_left_by_a_killed_worker_is_cut_off_and_rewritten(tenants
         record_event(action="auth.login", tenant=acme)
     # A worker killed mid-write of seq 2: half its line reached the file, the state never heard of it.
     second = record_event(action="search.completed", tenant=acme, query="half written")
-    from audit.export import event_line
-    from audit.models import MAC_FIELDS
+    from audit.ledger.export import event_line
+    from audit.ledger.models import MAC_FIELDS
 
     line = event_line(AuditEvent.objects.values("mac", *MAC_FIELDS).get(pk=second.pk))
     with open(path, "ab") as handle:

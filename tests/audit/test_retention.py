@@ -8,9 +8,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 
-from audit.models import ArchiveAuthorisation, AuditEvent
-from audit.services import record_event
-from audit.verify import verify_chain
+from audit.ledger.models import ArchiveAuthorisation, AuditEvent
+from audit.ledger.services import record_event
+from audit.ledger.verify import verify_chain
 from tests.audit.conftest import backdated, drop_triggers, load_tool
 
 OLD = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
@@ -108,8 +108,8 @@ def test_deleting_the_oldest_events_without_an_archive_is_detected(aged_chain, t
 
 def test_a_forged_archive_record_does_not_pass(aged_chain, tenants, signing_key):
     """Deleting a prefix and appending a fake audit.archive needs the audit key: without it the MAC fails."""
-    from audit.canonical import compute_mac
-    from audit.models import MAC_FIELDS
+    from audit.ledger.canonical import compute_mac
+    from audit.ledger.models import MAC_FIELDS
 
     acme = tenants["acme"].pk
     drop_triggers()

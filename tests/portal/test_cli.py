@@ -4,7 +4,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 
 
 @pytest.mark.parametrize("command,args", [

@@ -1,7 +1,7 @@
 """Login, logout and lockout leave audit records with who, from where and which session."""
 import pytest
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ whose message names the field, and nothing is stored."""
 import pytest
 import requests
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 from search.models import Document, KnowledgeBase
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -3,7 +3,7 @@ way: no exception escapes (gunicorn would halt the server), the engine is not
 served, and `model.open` records the reason class (issue 9, defect 16)."""
 import pytest
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 from keystore.keys import get_keyring
 from search import engine as engine_module
 from search.startup import open_configured_engine

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.policy import load_policy
+from audit.ledger.policy import load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 HEX_A = "a1" * 32
@@ -94,8 +94,8 @@ def test_an_unsafe_production_value_stops_startup_naming_it(production_env, chan
 SHOW = """
 import json, logging
 from django.conf import settings
-from audit.retention import retention_cutoff
-from audit.services import stored_query
+from audit.ledger.retention import retention_cutoff
+from audit.ledger.services import stored_query
 names = ["SESSION_COOKIE_SECURE", "SESSION_COOKIE_HTTPONLY", "SESSION_COOKIE_SAMESITE", "CSRF_COOKIE_SECURE",
          "CSRF_COOKIE_HTTPONLY", "CSRF_COOKIE_SAMESITE", "SECURE_HSTS_SECONDS", "SECURE_SSL_REDIRECT",
          "SECURE_PROXY_SSL_HEADER", "ALLOWED_HOSTS", "DEBUG", "AUDIT_RETENTION_DAYS", "AUDIT_QUERY_MODE",

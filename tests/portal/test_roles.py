@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 
 PASSWORD = "correct-horse-battery"
 LANDING = {"searcher": "/", "curator": "/kbs/", "compliance": "/audit/dashboard/", "admin": "/tokens/"}

@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 from tests.search.conftest import minilm_dir, model_key, sealed_minilm, minilm_engine  # noqa: F401
 from tests.search.portal_fixtures import faq_kb, people, served, token_for  # noqa: F401
 

@@ -5,7 +5,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 from portal.models import ApiToken
 
 

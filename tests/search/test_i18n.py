@@ -82,8 +82,8 @@ def test_catalogue_is_complete():
 @pytest.fixture
 def reviewed(faq_kb, people, tmp_path):
     """chris reviews acme's audit: searches to list, a signed checkpoint for the chain status."""
-    from audit.checkpoints import checkpoint_create
-    from audit.services import record_event
+    from audit.ledger.checkpoints import checkpoint_create
+    from audit.ledger.services import record_event
     from keystore.keys import get_keyring
     from keystore.signing import generate_signing_key
 

@@ -3,7 +3,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 from search.models import Document, KnowledgeBase
 from tests.search.portal_fixtures import faq_kb, people, served, token_for  # noqa: F401
 

@@ -81,8 +81,8 @@ def test_metrics_are_refused_from_elsewhere_without_a_staff_token(people, make_t
 
 
 def test_audit_append_failures_are_counted(people, tenants, monkeypatch):
-    from audit import services
-    from audit.metrics import AUDIT_APPEND_FAILURES
+    from audit.ledger import services
+    from audit.ledger.metrics import AUDIT_APPEND_FAILURES
 
     before = AUDIT_APPEND_FAILURES._value.get()
 

@@ -5,7 +5,7 @@ import base64
 import numpy as np
 import pytest
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 from tests.search.portal_fixtures import people, served  # noqa: F401
 
 

@@ -3,7 +3,7 @@ shape, and the audit trail every search leaves."""
 import pytest
 from django.utils.html import escape
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 from tests.audit.conftest import audit_writes_refused
 from tests.search.portal_fixtures import faq_kb, faq_queries, people, served, token_for  # noqa: F401
 

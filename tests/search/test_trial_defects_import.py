@@ -13,7 +13,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.test import Client
 
-from audit.models import AuditEvent
+from audit.ledger.models import AuditEvent
 from search.models import Document, KnowledgeBase
 from tests.search.portal_fixtures import faq_kb, people, served, token_for  # noqa: F401
 

@@ -3,11 +3,11 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.checkpoints import SigningUnavailable
-from audit.context import command_context
-from audit.retention import ArchiveRefused, archive_chain, archive_plan, retention_cutoff
-from audit.verify import chains
-from portal.models import Tenant
+from audit.ledger.checkpoints import SigningUnavailable
+from audit.ledger.context import command_context
+from audit.ledger.retention import ArchiveRefused, archive_chain, archive_plan, retention_cutoff
+from audit.ledger.verify import chains
+from audit.review.tenants import tenants_by_chain
 
 
 class Command(BaseCommand):
@@ -20,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="say what would be archived; change nothing")
 
     def handle(self, *args, tenant=None, out_dir=None, dry_run=False, **options):
-        tenants = {t.pk: t for t in Tenant.objects.all()}
+        tenants = tenants_by_chain()
         if tenant:
             found = next((t for t in tenants.values() if t.slug == tenant), None)
             if found is None:

@@ -3,10 +3,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.checkpoints import SigningUnavailable, checkpoint_create, checkpoint_document
-from audit.verify import chains
-from portal.cli import tenant_from_option
-from portal.models import Tenant
+from audit.ledger.checkpoints import SigningUnavailable, checkpoint_create, checkpoint_document
+from audit.ledger.verify import chains
+from audit.review.tenants import tenant_from_option, tenants_by_chain
 
 
 class Command(BaseCommand):
@@ -24,7 +23,7 @@ class Command(BaseCommand):
             found = tenant_from_option(tenant)
             targets = [(found.pk, found)]
         else:
-            tenants = {t.pk: t for t in Tenant.objects.all()}
+            tenants = tenants_by_chain()
             targets = [(chain, tenants.get(chain)) for chain in chains()]
         try:
             for chain, owner in targets:

@@ -2,12 +2,12 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from audit import services
-from audit.checkpoints import SigningUnavailable
-from audit.context import command_context
-from audit.export import ExportError, parse_bound, range_events
+from audit.ledger import services
+from audit.ledger.checkpoints import SigningUnavailable
+from audit.ledger.context import command_context
+from audit.ledger.export import ExportError, parse_bound, range_events
+from audit.review.tenants import tenant_from_option
 from keystore.envelope import EnvelopeError
-from portal.cli import tenant_from_option
 
 
 class Command(BaseCommand):

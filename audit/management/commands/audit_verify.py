@@ -2,14 +2,13 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.checkpoints import (
+from audit.ledger.checkpoints import (
     CheckpointFileError, SigningUnavailable, check_chain_against_checkpoint, check_stored_checkpoints,
     parse_checkpoint_document, pinned_public_keys,
 )
-from audit.verify import chains, checkpointed_chains, unrecorded_activity, verify_chain
+from audit.ledger.verify import chains, checkpointed_chains, verify_chain
+from audit.review.tenants import tenant_from_option, tenants_by_chain, unrecorded_activity
 from keystore.signing import SigningKeyError, public_key_from_text
-from portal.cli import tenant_from_option
-from portal.models import Tenant
 
 
 class Command(BaseCommand):
@@ -31,7 +30,7 @@ class Command(BaseCommand):
             keys = pinned_public_keys([public_key_from_text(text) for text in public_key])
         except SigningKeyError as exc:
             raise CommandError(f"--public-key: {exc}", returncode=2) from None
-        tenants = {t.pk: t for t in Tenant.objects.all()}
+        tenants = tenants_by_chain()
         with_events, with_checkpoints = set(chains()), set(checkpointed_chains())
         if tenant:
             found = tenant_from_option(tenant)

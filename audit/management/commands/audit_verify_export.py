@@ -2,8 +2,8 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.checkpoints import SigningUnavailable, signing_key
-from audit.export import standalone_verifier
+from audit.ledger.checkpoints import SigningUnavailable, signing_key
+from audit.ledger.export import standalone_verifier
 from keystore.keys import get_keyring
 
 

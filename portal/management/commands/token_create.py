@@ -1,7 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.context import command_context
+from audit.ledger.context import command_context
 from portal.cli import tenant_from_option
 from portal.services import token_create
 

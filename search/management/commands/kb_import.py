@@ -4,8 +4,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from audit.context import command_context
-from audit.services import AuditUnavailable
+from audit.ledger.context import command_context
+from audit.ledger.services import AuditUnavailable
 from keystore.keys import get_keyring
 from portal.cli import tenant_from_option
 from search.engine import EngineError, EngineUnavailable, get_engine, open_engine

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from audit import api, views
+from audit.review import api, views
 
 urlpatterns = [
     path("api/v1/audit/events", api.AuditEventListApi.as_view(), name="api-audit-events"),

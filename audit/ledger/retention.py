@@ -19,11 +19,11 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Max, Min
 
-from audit.checkpoints import signing_key
-from audit.export import standalone_verifier, write_bundle
-from audit.models import GENESIS_HASH, ArchiveAuthorisation, AuditEvent
-from audit.services import _lock_chain, record_event
-from audit.verify import ARCHIVE_ACTION, archived_through, verify_chain
+from audit.ledger.checkpoints import signing_key
+from audit.ledger.export import standalone_verifier, write_bundle
+from audit.ledger.models import GENESIS_HASH, ArchiveAuthorisation, AuditEvent
+from audit.ledger.services import _lock_chain, record_event
+from audit.ledger.verify import ARCHIVE_ACTION, archived_through, verify_chain
 
 
 class ArchiveRefused(Exception):

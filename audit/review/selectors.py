@@ -1,9 +1,9 @@
 """Reads of the audit log, scoped to what a reader may review.
 
-Scope is decided once, here: a compliance officer reviews the tenants where
-they hold the `compliance` role, a platform superuser every chain, anyone
-else nothing (deny by default). The admin, the API and the dashboard all
-start from these functions.
+Scope is decided once, in portal.grants.reviewable_tenant_ids: a compliance
+officer reviews the tenants where they hold the `compliance` role, a platform
+superuser every chain, anyone else nothing (deny by default). The admin, the
+API and the dashboard all start from these functions.
 """
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from django.db.models import Count, Q
 from django.db.models.functions import TruncDate
 from django.utils.translation import gettext as _
 
-from audit.canonical import compute_mac
-from audit.checkpoints import latest_checkpoint
-from audit.models import GENESIS_HASH, MAC_FIELDS, AuditEvent, Outcome
-from audit.verify import archived_through, verify_chain
+from audit.ledger.canonical import compute_mac
+from audit.ledger.checkpoints import latest_checkpoint
+from audit.ledger.models import GENESIS_HASH, MAC_FIELDS, AuditEvent, Outcome
+from audit.ledger.verify import archived_through, verify_chain
 from keystore.keys import get_keyring
-from portal.models import Membership, Role, Tenant
+from portal.grants import reviewable_tenant_ids
+from portal.models import Tenant
 
 SEARCH_ACTIONS = ("search.completed", "search.failed")
 # Events that record reading the audit log itself: every page an officer opens
@@ -32,16 +33,6 @@ REVIEW_ACTIONS = ("audit.view",)
 
 def without_review_events(queryset):
     return queryset.exclude(action__in=REVIEW_ACTIONS)
-
-
-def reviewable_tenant_ids(user) -> list[int] | None:
-    """Tenant ids whose audit ``user`` may review; None means every chain (superuser)."""
-    if not getattr(user, "is_authenticated", False) or not user.is_active:
-        return []
-    if user.is_superuser:
-        return None
-    return sorted(Membership.objects.filter(user=user, role=Role.COMPLIANCE)
-                  .values_list("tenant_id", flat=True).distinct())
 
 
 def can_review(user) -> bool:

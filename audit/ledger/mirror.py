@@ -42,9 +42,10 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from audit.canonical import canonical_bytes, format_time
+from audit.ledger.canonical import canonical_bytes, format_time
 
-logger = logging.getLogger(__name__)
+# The name it had before audit/ledger/: log filters and alerts know it.
+logger = logging.getLogger("audit.mirror")
 
 CATCH_UP_BATCH = 5000
 TAIL_SCAN_BYTES = 64 << 20
@@ -208,8 +209,8 @@ def _load_state(fd: int, path: str) -> dict:
 
 def _missed(chain: int, after: int, before: int) -> list[tuple[int, bytes]]:
     """The chain's events with after < seq < before, from the database, in order."""
-    from audit.export import event_line
-    from audit.models import MAC_FIELDS, AuditEvent
+    from audit.ledger.export import event_line
+    from audit.ledger.models import MAC_FIELDS, AuditEvent
 
     rows = (AuditEvent.objects.filter(chain=chain, seq__gt=after, seq__lt=before).order_by("seq")
             .values("mac", *MAC_FIELDS)[:CATCH_UP_BATCH])

@@ -11,9 +11,9 @@ from typing import Iterable
 
 from django.db import connection, transaction
 
-from audit.canonical import compute_mac
-from audit.models import GENESIS_HASH, MAC_FIELDS, PLATFORM_CHAIN
-from audit.services import _INSERT_FIELDS, _LAST_SQL, _TABLE, _lock_chain, _mac_key
+from audit.ledger.canonical import compute_mac
+from audit.ledger.models import GENESIS_HASH, MAC_FIELDS, PLATFORM_CHAIN
+from audit.ledger.services import _INSERT_FIELDS, _LAST_SQL, _TABLE, _lock_chain, _mac_key
 from keystore.keys import get_keyring
 
 _INSERT_MANY_SQL = "INSERT INTO {} ({}) VALUES ({})".format(

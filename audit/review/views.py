@@ -3,8 +3,9 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from audit import selectors, services
-from audit.context import request_context
+from audit.ledger import services
+from audit.ledger.context import request_context
+from audit.review import selectors
 from portal.tenancy import require_capability
 
 CHART_WIDTH, CHART_HEIGHT = 720, 180

@@ -23,15 +23,16 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import transaction
 
-from audit.canonical import format_time
-from audit.models import GENESIS_HASH, AuditCheckpoint, AuditEvent
+from audit.ledger.canonical import format_time
+from audit.ledger.models import GENESIS_HASH, AuditCheckpoint, AuditEvent
 from keystore.keys import get_keyring
 from keystore.signing import (
     SigningKeyError, load_signing_key, public_key_text, sign, signature_valid,
     signing_key_id,
 )
 
-logger = logging.getLogger(__name__)
+# The name it had before audit/ledger/: log filters and alerts know it.
+logger = logging.getLogger("audit.checkpoints")
 
 CHECKPOINT_FORMAT = "portal-audit-checkpoint-v1"
 
@@ -189,7 +190,7 @@ def check_chain_against_checkpoint(payload: dict) -> CheckpointReport:
             f"({payload['time']}), the chain now ends at seq {head_seq}"))
     row = AuditEvent.objects.filter(chain=chain, seq=seq).values_list("mac", flat=True).first()
     if row is None:
-        from audit.verify import archived_through
+        from audit.ledger.verify import archived_through
 
         through = archived_through(chain)
         if through is not None and seq <= through[0]:
@@ -255,7 +256,7 @@ def check_stored_checkpoints(chain: int, public_keys: dict) -> StoredCheckpoints
 
     This is what makes `audit_verify` catch a cut tail or a deleted chain
     without an outside checkpoint, as long as the checkpoint rows survive."""
-    from audit.verify import archived_through
+    from audit.ledger.verify import archived_through
 
     rows = list(AuditCheckpoint.objects.filter(chain=chain).order_by("seq", "id")
                 .values_list("id", "seq", "head_hash", "payload", "signature", "signing_key_id"))

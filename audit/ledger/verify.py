@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from audit.canonical import compute_mac
-from audit.models import GENESIS_HASH, MAC_FIELDS, AuditEvent
+from audit.ledger.canonical import compute_mac
+from audit.ledger.models import GENESIS_HASH, MAC_FIELDS, AuditEvent
 from keystore.keys import get_keyring
 
 
@@ -106,36 +106,6 @@ def verify_chain(chain: int, *, keys_by_id: dict[str, bytes] | None = None,
 
 def checkpointed_chains() -> list[int]:
     """Chains that have a stored checkpoint (their events may all be gone)."""
-    from audit.models import AuditCheckpoint
+    from audit.ledger.models import AuditCheckpoint
 
     return list(AuditCheckpoint.objects.order_by().values_list("chain", flat=True).distinct())
-
-
-def unrecorded_activity(tenant) -> list[str]:
-    """What a tenant did that its chain must show: knowledge bases and API
-    tokens are created only together with their `kb.create` / `token.create`
-    event, and a member whose only organisation this is signs in with an
-    `auth.login` in this chain. A tenant with any of these and no events at
-    all lost its chain. Empty for a tenant that never did anything."""
-    from django.apps import apps
-
-    from portal.models import ApiToken, Membership
-
-    found = []
-    if apps.is_installed("search"):
-        from search.models import KnowledgeBase
-
-        kbs = KnowledgeBase.objects.filter(tenant=tenant).count()
-        if kbs:
-            found.append(f"{kbs} knowledge base(s)")
-    tokens = ApiToken.objects.filter(tenant=tenant).count()
-    if tokens:
-        found.append(f"{tokens} API token(s)")
-    signed_in = set(Membership.objects.filter(tenant=tenant, user__last_login__isnull=False)
-                    .values_list("user_id", flat=True))
-    if signed_in:
-        elsewhere = set(Membership.objects.filter(user_id__in=signed_in).exclude(tenant=tenant)
-                        .values_list("user_id", flat=True))
-        if signed_in - elsewhere:
-            found.append(f"{len(signed_in - elsewhere)} member(s) who have signed in")
-    return found

@@ -7,7 +7,8 @@ script) a URL that fetches one export, until it expires, without credentials.
 ("export-presign"), over every other parameter in a fixed order; the
 parameters must appear exactly once and no others may be added, so changing,
 adding or repeating any of them invalidates the URL. ``by`` is the user who
-made it: the URL stops working as soon as they lose the compliance role.
+made it: the URL stops working as soon as they lose the compliance role
+(portal.grants: the roles that grant audit review, per CAPABILITIES).
 """
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
-from audit.export import ExportError, parse_bound
+from audit.ledger.export import ExportError, parse_bound
 from keystore.keys import derive_subkey, get_keyring
-from portal.models import Membership, Role, Tenant
+from portal.grants import REVIEW_CAPABILITY, tenant_ids_granting
+from portal.models import Tenant
 
 SIGNED_PARAMS = ("tenant", "from", "to", "recipient", "expires", "by")
 DOMAIN = "portal-audit-presign-v1"
@@ -89,7 +91,6 @@ def presign_check(query, *, now: float | None = None) -> PresignGrant:
         raise PresignInvalid("presigned URL has expired")
     tenant = Tenant.objects.filter(slug=params["tenant"]).first()
     user = get_user_model().objects.filter(pk=params["by"], is_active=True).first()
-    if tenant is None or user is None or not Membership.objects.filter(
-            user=user, tenant=tenant, role=Role.COMPLIANCE).exists():
+    if tenant is None or user is None or tenant.pk not in tenant_ids_granting(user, REVIEW_CAPABILITY):
         raise PresignInvalid("the user who made this URL may no longer export this tenant's audit")
     return PresignGrant(tenant, user, params["from"], params["to"], params["recipient"])

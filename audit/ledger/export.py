@@ -7,7 +7,7 @@ hashes, SHA-256 of the events file, gaps, a fresh signed checkpoint) and
 whole ZIP is sealed to one auditor's X25519 key (keystore/envelope.py).
 
 Writing a bundle records nothing; the services that hand one out record
-`audit.export` (audit/services.py).
+`audit.export` (audit/ledger/services.py).
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from typing import BinaryIO, Iterable
 
 from django.conf import settings
 
-from audit.canonical import canonical_bytes, format_time
-from audit.checkpoints import checkpoint_create, checkpoint_document, signing_key
-from audit.models import MAC_FIELDS, PLATFORM_CHAIN, AuditEvent
+from audit.ledger.canonical import canonical_bytes, format_time
+from audit.ledger.checkpoints import checkpoint_create, checkpoint_document, signing_key
+from audit.ledger.models import MAC_FIELDS, PLATFORM_CHAIN, AuditEvent
 from keystore import envelope
 from keystore.signing import public_key_text, sign, signing_key_id
 

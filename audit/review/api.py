@@ -13,13 +13,13 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit import services
-from audit.checkpoints import SigningUnavailable
-from audit.context import request_context
-from audit.export import ExportError, parse_bound, range_events
-from audit.models import MAC_FIELDS, AuditEvent, Outcome
-from audit.presign import PresignInvalid, presign_check, presign_params, presign_query
-from audit.selectors import event_list
+from audit.ledger import services
+from audit.ledger.checkpoints import SigningUnavailable
+from audit.ledger.context import request_context
+from audit.ledger.export import ExportError, parse_bound, range_events
+from audit.ledger.models import MAC_FIELDS, AuditEvent, Outcome
+from audit.review.presign import PresignInvalid, presign_check, presign_params, presign_query
+from audit.review.selectors import event_list
 from keystore.envelope import EnvelopeError
 from portal.tenancy import require_capability
 
