@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from keystore.bundle import WrongKeyError, open_bundle, seal_bundle
-from search import engine as engine_module
+from search.engine import embedding as engine_embedding
 from search.engine import (
     Engine,
     EngineError,
@@ -240,7 +240,7 @@ def test_pickled_weights_are_refused_and_the_buffer_wiped(tmp_path, tiny_qwen3_d
     def recording_open_bundle(path, key):
         return open_bundle(path, key, allocate=lambda n: buffers.append(bytearray(n)) or buffers[-1])
 
-    monkeypatch.setattr(engine_module, "open_bundle", recording_open_bundle)
+    monkeypatch.setattr(engine_embedding, "open_bundle", recording_open_bundle)  # looked up there, not in the package
     with pytest.raises(EngineError, match="pytorch_model.bin"):
         Engine.open(tmp_path / "pickled.enc", model_key, device="cpu")
     assert len(buffers) == 1 and not any(buffers[0])
