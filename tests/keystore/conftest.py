@@ -31,8 +31,13 @@ def model_dir(tmp_path):
     (folder / "modules.json").write_text(json.dumps([{"path": "1_Pooling", "type": "Pooling"}]))
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     (folder / "model.safetensors").write_bytes(os.urandom(5000))
-    (folder / ".gitattributes").write_text("*.safetensors filter=lfs\n")
     return folder
+
+
+@pytest.fixture
+def model_files(model_dir):
+    """The folder's files as the sealer hands them to ``seal_bundle``: name in the bundle to path."""
+    return {p.relative_to(model_dir).as_posix(): p for p in sorted(model_dir.rglob("*")) if p.is_file()}
 
 
 class RecordingAllocator:

@@ -29,12 +29,14 @@ from keystore.keys import key_id
 from tests.keystore.conftest import SECRET_MARKERS
 
 CHUNK = 512
+ST_METADATA = {"modules": [{"path": "1_Pooling", "type": "Pooling"}], "config": None}
 
 
 @pytest.fixture
-def sealed(tmp_path, model_dir, key):
+def sealed(tmp_path, model_files, key):
     path = tmp_path / "model.q3e.enc"
-    seal_bundle(model_dir, path, key, chunk_size=CHUNK, model_id="sealed-model-id")
+    seal_bundle(model_files, path, key, chunk_size=CHUNK, model_id="sealed-model-id",
+                model_type="acme-secret-architecture", sentence_transformers=ST_METADATA)
     return path
 
 
@@ -76,17 +78,17 @@ def assert_fails_wiped(path, key, allocator, error, **match):
     return caught.value
 
 
-def test_round_trip_gives_back_every_file_byte_for_byte(sealed, model_dir, key):
+def test_round_trip_gives_back_every_file_byte_for_byte(sealed, model_files, key):
     with open_bundle(sealed, key) as bundle:
-        expected = {
-            p.relative_to(model_dir).as_posix(): p.read_bytes()
-            for p in model_dir.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
-        }
+        expected = {name: path.read_bytes() for name, path in model_files.items()}
         assert {name: bytes(view) for name, view in bundle.files.items()} == expected
+
+
+def test_the_table_records_what_the_sealer_says_about_the_model(sealed, key):
+    with open_bundle(sealed, key) as bundle:
         assert bundle.model_id == "sealed-model-id"
         assert bundle.table["model_type"] == "acme-secret-architecture"
-        assert bundle.table["sentence_transformers"]["modules"][0]["path"] == "1_Pooling"
+        assert bundle.table["sentence_transformers"] == ST_METADATA
 
 
 def test_all_files_are_views_into_one_buffer_and_wipe_zeroes_it(sealed, key, allocator):
@@ -99,12 +101,25 @@ def test_all_files_are_views_into_one_buffer_and_wipe_zeroes_it(sealed, key, all
     assert bundle.files == {}
 
 
-def test_in_memory_files_replace_and_skip_folder_files(tmp_path, model_dir, key):
+def test_files_from_memory_and_from_disk_seal_alike(tmp_path, model_files, key):
     out = tmp_path / "converted.q3e.enc"
-    seal_bundle(model_dir, out, key, extra_files={"model.safetensors": b"converted"}, skip=["modules.json"])
+    seal_bundle({**model_files, "model.safetensors": b"converted"}, out, key)
     with open_bundle(out, key) as bundle:
         assert bytes(bundle.files["model.safetensors"]) == b"converted"
-        assert "modules.json" not in bundle.files
+        assert bytes(bundle.files["1_Pooling/config.json"]) == model_files["1_Pooling/config.json"].read_bytes()
+        assert [entry["name"] for entry in bundle.table["files"]] == sorted(model_files)
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../outside", "a/../../b", "dir\\file", ""])
+def test_file_names_must_be_relative_paths_inside_the_model(tmp_path, key, name):
+    with pytest.raises(BundleError, match="relative path"):
+        seal_bundle({name: b"x"}, tmp_path / "bad.enc", key)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nothing_to_seal_is_refused(tmp_path, key):
+    with pytest.raises(BundleError, match="nothing to seal"):
+        seal_bundle({}, tmp_path / "empty.enc", key)
 
 
 def test_files_start_64_byte_aligned_in_the_buffer(sealed, key, allocator):
@@ -127,10 +142,10 @@ def test_public_header_holds_only_version_key_id_and_sizes(sealed, key):
         assert marker.encode() not in raw, f"{marker!r} is readable in the sealed file"
 
 
-def test_every_seal_uses_a_fresh_salt(tmp_path, model_dir, key):
+def test_every_seal_uses_a_fresh_salt(tmp_path, model_files, key):
     first, second = tmp_path / "a.enc", tmp_path / "b.enc"
-    seal_bundle(model_dir, first, key)
-    seal_bundle(model_dir, second, key)
+    seal_bundle(model_files, first, key)
+    seal_bundle(model_files, second, key)
     assert first.read_bytes()[200:400] != second.read_bytes()[200:400]
 
 
@@ -149,13 +164,13 @@ def test_wrong_key_fails_before_any_decryption_and_names_both_ids(sealed, key, a
 
 
 @pytest.mark.parametrize("bad_key", [b"", os.urandom(16), os.urandom(33), "0" * 64])
-def test_key_of_wrong_length_is_refused(sealed, tmp_path, model_dir, bad_key):
+def test_key_of_wrong_length_is_refused(sealed, tmp_path, model_files, bad_key):
     with pytest.raises(KeyLengthError, match="32 bytes"):
         open_bundle(sealed, bad_key)
     with pytest.raises(KeyLengthError):
         verify_bundle(sealed, bad_key)
     with pytest.raises(KeyLengthError):
-        seal_bundle(model_dir, tmp_path / "x.enc", bad_key)
+        seal_bundle(model_files, tmp_path / "x.enc", bad_key)
 
 
 def test_bad_magic(sealed, key, allocator):
@@ -263,7 +278,7 @@ def test_every_damage_has_its_own_error_class():
     assert all(issubclass(cls, BundleError) for cls in classes)
 
 
-def test_a_failed_seal_leaves_nothing_behind(tmp_path, model_dir, key):
+def test_a_failed_seal_leaves_nothing_behind(tmp_path, model_files, key):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
 
@@ -272,14 +287,14 @@ def test_a_failed_seal_leaves_nothing_behind(tmp_path, model_dir, key):
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        seal_bundle(model_dir, out_dir / "model.q3e.enc", key, chunk_size=CHUNK, progress=fail_halfway)
+        seal_bundle(model_files, out_dir / "model.q3e.enc", key, chunk_size=CHUNK, progress=fail_halfway)
     assert list(out_dir.iterdir()) == []
 
 
-def test_progress_reaches_the_plaintext_size(tmp_path, model_dir, key):
+def test_progress_reaches_the_plaintext_size(tmp_path, model_files, key):
     seen = []
     header = seal_bundle(
-        model_dir, tmp_path / "m.enc", key, chunk_size=CHUNK, progress=lambda done, total: seen.append((done, total))
+        model_files, tmp_path / "m.enc", key, chunk_size=CHUNK, progress=lambda done, total: seen.append((done, total))
     )
     assert seen[-1] == (header["plaintext_size"], header["plaintext_size"])
     assert len(seen) == header["chunk_count"]
@@ -298,9 +313,9 @@ def test_legacy_cbc_round_trip():
         decrypt_legacy_cbc(data[:-3], key)
 
 
-def test_languages_and_relevance_floor_round_trip_sealed_and_not_public(tmp_path, model_dir, key):
+def test_languages_and_relevance_floor_round_trip_sealed_and_not_public(tmp_path, model_files, key):
     path = tmp_path / "langs.q3e.enc"
-    seal_bundle(model_dir, path, key, chunk_size=CHUNK, languages=["en", "ZH", "en"], relevance_floor=0.25)
+    seal_bundle(model_files, path, key, chunk_size=CHUNK, languages=["en", "ZH", "en"], relevance_floor=0.25)
     with open_bundle(path, key) as bundle:
         assert bundle.languages == ("en", "zh")
         assert bundle.relevance_floor == 0.25
@@ -322,8 +337,8 @@ def test_a_bundle_without_languages_reads_as_not_stated(sealed, key):
     (["en"], -0.1, "relevance floor must be a number from 0 to 1"),
     (["en"], True, "relevance floor must be a number from 0 to 1"),
 ])
-def test_sealing_refuses_bad_languages_and_floors_and_writes_nothing(tmp_path, model_dir, key, languages, floor,
+def test_sealing_refuses_bad_languages_and_floors_and_writes_nothing(tmp_path, model_files, key, languages, floor,
                                                                       message):
     with pytest.raises(BundleError, match=message):
-        seal_bundle(model_dir, tmp_path / "bad.enc", key, languages=languages, relevance_floor=floor)
+        seal_bundle(model_files, tmp_path / "bad.enc", key, languages=languages, relevance_floor=floor)
     assert list(tmp_path.glob("bad.enc*")) == []

@@ -13,10 +13,10 @@ from tests.search.conftest import tiny_qwen3_dir  # noqa: F401  (fixture)
 
 @pytest.fixture
 def sealed_with_process_key(tmp_path, tiny_qwen3_dir):
-    from keystore.bundle import seal_bundle
+    from search.sealing import seal_folder
 
     path = tmp_path / "good.q3e.enc"
-    seal_bundle(tiny_qwen3_dir, path, get_keyring().model_key, model_id="test/tiny-qwen3", chunk_size=16 * 1024)
+    seal_folder(tiny_qwen3_dir, path, get_keyring().model_key, model_id="test/tiny-qwen3", chunk_size=16 * 1024)
     return path
 
 
@@ -30,7 +30,7 @@ def no_engine_afterwards():
 
 
 def damaged(path, how, tmp_path, tiny_qwen3_dir):
-    from keystore.bundle import seal_bundle
+    from search.sealing import seal_folder
 
     data = bytearray(path.read_bytes())
     out = tmp_path / f"{how}.q3e.enc"
@@ -41,7 +41,7 @@ def damaged(path, how, tmp_path, tiny_qwen3_dir):
     elif how == "not-a-bundle":
         data = bytearray(b"PK\x03\x04" + bytes(200))
     elif how == "wrong-key":
-        seal_bundle(tiny_qwen3_dir, out, bytes(32), model_id="test/tiny-qwen3", chunk_size=16 * 1024)
+        seal_folder(tiny_qwen3_dir, out, bytes(32), model_id="test/tiny-qwen3", chunk_size=16 * 1024)
         return out
     elif how == "missing":
         return tmp_path / "nowhere.q3e.enc"

@@ -33,10 +33,10 @@ def minilm_dir():
 
 @pytest.fixture(scope="session")
 def sealed_minilm(tmp_path_factory, minilm_dir, model_key):
-    from keystore.bundle import seal_bundle
+    from search.sealing import seal_folder
 
     path = tmp_path_factory.mktemp("bundles") / "minilm.q3e.enc"
-    seal_bundle(minilm_dir, path, model_key, model_id=MINILM_ID, languages=MINILM_LANGUAGES,
+    seal_folder(minilm_dir, path, model_key, model_id=MINILM_ID, languages=MINILM_LANGUAGES,
                 relevance_floor=MINILM_RELEVANCE_FLOOR)
     return path
 
@@ -126,10 +126,10 @@ def tiny_qwen3_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sealed_tiny_qwen3(tmp_path_factory, tiny_qwen3_dir, model_key):
-    from keystore.bundle import seal_bundle
+    from search.sealing import seal_folder
 
     path = tmp_path_factory.mktemp("bundles") / "tiny-qwen3.q3e.enc"
-    seal_bundle(tiny_qwen3_dir, path, model_key, model_id="test/tiny-qwen3", chunk_size=64 * 1024)
+    seal_folder(tiny_qwen3_dir, path, model_key, model_id="test/tiny-qwen3", chunk_size=64 * 1024)
     return path
 
 

@@ -16,8 +16,8 @@ import torch
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from keystore.bundle import WrongKeyError, open_bundle, seal_bundle
-from search import engine as engine_module
+from keystore.bundle import WrongKeyError, open_bundle
+from search.engine import embedding as engine_embedding
 from search.engine import (
     Engine,
     EngineError,
@@ -29,6 +29,7 @@ from search.engine import (
     set_engine,
 )
 from search.legacy import reseal_legacy_cbc, seal_model_folder
+from search.sealing import seal_folder
 from tests.search.conftest import MINILM_ID, QWEN3_QUERY_PROMPT
 
 DATA = Path("/work/shared/data")
@@ -121,7 +122,7 @@ def test_qwen3_last_token_is_the_same_alone_and_in_a_left_padded_batch(tiny_qwen
 def test_qwen3_default_instruction_when_the_bundle_has_no_prompts(tmp_path, tiny_qwen3_dir, model_key):
     folder = shutil.copytree(tiny_qwen3_dir, tmp_path / "no-prompts")
     (folder / "config_sentence_transformers.json").unlink()
-    seal_bundle(folder, tmp_path / "b.enc", model_key)
+    seal_folder(folder, tmp_path / "b.enc", model_key)
     engine = Engine.open(tmp_path / "b.enc", model_key, device="cpu")
     try:
         assert engine.settings.prompts["query"] == QWEN3_QUERY_PROMPT
@@ -136,7 +137,7 @@ def test_weights_saved_with_a_model_prefix_load_the_same(tmp_path, tiny_qwen3_di
     state = load_file(tiny_qwen3_dir / "model.safetensors")
     prefixed = save({f"model.{name}": tensor for name, tensor in state.items()})
     path = tmp_path / "prefixed.enc"
-    seal_bundle(tiny_qwen3_dir, path, model_key, extra_files={"model.safetensors": prefixed})
+    seal_folder(tiny_qwen3_dir, path, model_key, extra_files={"model.safetensors": prefixed})
     engine = Engine.open(path, model_key, device="cpu")
     try:
         texts = ["where is my account email"]
@@ -234,13 +235,13 @@ def test_pickled_weights_are_refused_and_the_buffer_wiped(tmp_path, tiny_qwen3_d
     folder = shutil.copytree(tiny_qwen3_dir, tmp_path / "pickled")
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
-    seal_bundle(folder, tmp_path / "pickled.enc", model_key)  # sealed as is, not converted
+    seal_folder(folder, tmp_path / "pickled.enc", model_key)  # sealed as is, not converted
     buffers = []
 
     def recording_open_bundle(path, key):
         return open_bundle(path, key, allocate=lambda n: buffers.append(bytearray(n)) or buffers[-1])
 
-    monkeypatch.setattr(engine_module, "open_bundle", recording_open_bundle)
+    monkeypatch.setattr(engine_embedding, "open_bundle", recording_open_bundle)  # looked up there, not in the package
     with pytest.raises(EngineError, match="pytorch_model.bin"):
         Engine.open(tmp_path / "pickled.enc", model_key, device="cpu")
     assert len(buffers) == 1 and not any(buffers[0])

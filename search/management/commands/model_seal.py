@@ -6,6 +6,7 @@ from tqdm import tqdm
 
 from keystore.bundle import DEFAULT_CHUNK_SIZE, BundleError, check_languages, check_relevance_floor
 from keystore.keys import MODEL_KEY, get_keyring
+from search.sealing import missing_model_files
 
 
 def require_model_key() -> bytes:
@@ -15,14 +16,6 @@ def require_model_key() -> bytes:
         reasons = [e for e in ring.errors if MODEL_KEY in e] or [f"{MODEL_KEY} is not set"]
         raise CommandError(f"no model key: {'; '.join(reasons)}")
     return ring.model_key
-
-
-def missing_model_files(folder: Path) -> list[str]:
-    """What a folder lacks to be opened as a model: config, tokenizer, weights."""
-    missing = [name for name in ("config.json", "tokenizer.json") if not (folder / name).is_file()]
-    if not any(folder.glob("*.safetensors")) and not (folder / "pytorch_model.bin").is_file():
-        missing.append("model.safetensors (or pytorch_model.bin)")
-    return missing
 
 
 class Command(BaseCommand):

@@ -1,0 +1,211 @@
+"""The engine: a model opened from a sealed bundle, turning texts into vectors.
+
+Opening never writes plaintext anywhere and never unpickles: the bundle is
+decrypted into one buffer (``keystore.bundle.open_bundle``), each safetensors
+tensor becomes a view into that buffer (``files``), and the model is built on
+the ``meta`` device and then given those views (``model``). On the CPU the
+model computes straight from the decrypted buffer; on a GPU the weights are
+copied over in half precision and the buffer is wiped. Concurrent ``embed``
+calls share forward passes (``batching``).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from keystore.bundle import OpenedBundle, open_bundle
+from portal.metrics import MODEL_FORWARD_SECONDS
+from search.engine.batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, MicroBatcher
+from search.engine.errors import EngineError
+from search.engine.files import plaintext_folder_files, weights
+from search.engine.model import (
+    TextSettings,
+    build_model,
+    build_tokenizer,
+    load_config,
+    move_parameters,
+    pool,
+    read_settings,
+    resolve_device,
+)
+
+KINDS = ("query", "document")
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: np.ndarray  # float32, shape (len(texts), dimensions), each row of L2 norm 1
+    truncated: list[bool]  # the text was longer than the model's limit and was cut
+    token_counts: list[int]  # tokens the model read per text, prompt and special tokens included
+
+
+class Engine:
+    """A model opened from a sealed bundle. Use ``Engine.open``; thread-safe ``embed``."""
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerFast,
+        settings: TextSettings,
+        device: torch.device,
+        model_id: str,
+        key_id: str,
+        bundle: OpenedBundle | None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        languages: Sequence[str] = (),
+        relevance_floor: float | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.device = str(device)
+        self.model_id = model_id
+        self.key_id = key_id
+        self.languages = tuple(languages)  # ISO 639-1 codes from the sealed metadata; empty: not stated
+        self.relevance_floor = relevance_floor  # calibrated weak-match cosine from the sealed metadata
+        self.dtype = next(model.parameters()).dtype
+        self.dimensions = int(model.config.hidden_size)
+        self.max_tokens = settings.max_seq_length
+        self._torch_device = device
+        # Padding positions are masked out, so any valid id will do when there is no pad token.
+        self._pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+        self._bundle = bundle  # on the CPU the weights are views into its buffer: keep it alive
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        # The fast tokenizer re-applies truncation settings to its Rust backend on
+        # every call; concurrent calls can collide on that ("Already borrowed").
+        self._tokenizer_lock = threading.Lock()
+        self._batcher = MicroBatcher(self._run_batch, self.dimensions, max_batch_tokens, max_batch_size)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, key: bytes, device: str = "auto", **options: int) -> "Engine":
+        """Open a sealed bundle; on any failure the plaintext is wiped and the error raised."""
+        torch_device = resolve_device(device)
+        bundle = open_bundle(path, key)
+        try:
+            config = load_config(bundle.files)
+            settings = read_settings(bundle.files, config)
+            tokenizer = build_tokenizer(bundle.files, settings)
+            model = build_model(config, weights(bundle.files))
+            model_id = bundle.model_id or config.name_or_path or "unnamed-model"
+            key_id = bundle.header["key_id"]
+            metadata = {"languages": bundle.languages, "relevance_floor": bundle.relevance_floor}
+            if torch_device.type == "cuda":
+                half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+                move_parameters(model, torch_device, half)
+                bundle.wipe()  # the weights now live on the GPU; nothing points into the buffer
+                bundle = None
+            return cls(
+                model=model,
+                tokenizer=tokenizer,
+                settings=settings,
+                device=torch_device,
+                model_id=model_id,
+                key_id=key_id,
+                bundle=bundle,
+                **metadata,
+                **options,
+            )
+        except BaseException as exc:
+            if bundle is not None:
+                bundle.wipe()
+            if isinstance(exc, (EngineError, KeyboardInterrupt, SystemExit, MemoryError)):
+                raise
+            raise EngineError(f"the sealed model could not be built: {exc.__class__.__name__}: {exc}") from exc
+
+    @classmethod
+    def open_folder(cls, folder: str | os.PathLike, *, model_id: str, device: str = "cpu",
+                    languages: Sequence[str] = (), relevance_floor: float | None = None) -> "Engine":
+        """A plaintext model folder, built exactly like a bundle. For benchmarks
+        and parity checks only: the portal itself opens sealed bundles alone."""
+        files = plaintext_folder_files(folder)
+        config = load_config(files)
+        settings = read_settings(files, config)
+        engine = cls(model=build_model(config, weights(files)), tokenizer=build_tokenizer(files, settings),
+                     settings=settings, device=resolve_device(device), model_id=model_id, key_id="plaintext",
+                     bundle=None, languages=languages, relevance_floor=relevance_floor)
+        engine._plaintext_files = files  # the weights are views into these bytes
+        return engine
+
+    def embed(
+        self, texts: Sequence[str], *, kind: str = "query", dimensions: int | None = None
+    ) -> EmbedResult:
+        """L2-normalised float32 vectors; ``dimensions`` truncates (Matryoshka) and re-normalises."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be a list of strings")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        if dimensions is not None and (
+            isinstance(dimensions, bool) or not isinstance(dimensions, int) or not 0 < dimensions <= self.dimensions
+        ):
+            raise ValueError(f"dimensions must be an integer from 1 to {self.dimensions}, not {dimensions!r}")
+        ids, truncated = self._tokenize(list(texts), kind)
+        vectors = self._batcher.submit(ids)
+        if dimensions is not None and dimensions < self.dimensions:
+            vectors = vectors[:, :dimensions]
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return EmbedResult(
+            vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+            truncated=truncated,
+            token_counts=[len(seq) for seq in ids],
+        )
+
+    def close(self) -> None:
+        """Stop the batch worker and wipe the decrypted bundle (the model is unusable afterwards)."""
+        self._batcher.close()
+        self.model = None
+        if self._bundle is not None:
+            self._bundle.wipe()
+            self._bundle = None
+
+    def _tokenize(self, texts: list[str], kind: str) -> tuple[list[list[int]], list[bool]]:
+        if not texts:
+            return [], []
+        prompt = self.settings.prompts[kind]
+        with self._tokenizer_lock:
+            encoded = self.tokenizer(
+                [prompt + text for text in texts],
+                truncation=True,
+                max_length=self.max_tokens,
+                return_overflowing_tokens=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+        # Overflow windows repeat the sample index: a text that has them was cut.
+        ids: list[list[int] | None] = [None] * len(texts)
+        truncated = [False] * len(texts)
+        for seq, sample in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"]):
+            if ids[sample] is None:
+                ids[sample] = seq
+            else:
+                truncated[sample] = True
+        return ids, truncated
+
+    def _run_batch(self, batch: list[list[int]]) -> np.ndarray:
+        width = max(len(seq) for seq in batch)
+        input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, seq in enumerate(batch):
+            span = slice(width - len(seq), width) if self.settings.padding_side == "left" else slice(0, len(seq))
+            input_ids[row, span] = seq
+            mask[row, span] = 1
+        stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+        started = time.perf_counter()
+        with torch.inference_mode(), stream:
+            input_tensor = torch.from_numpy(input_ids).to(self._torch_device, non_blocking=True)
+            mask_tensor = torch.from_numpy(mask).to(self._torch_device, non_blocking=True)
+            hidden = self.model(input_ids=input_tensor, attention_mask=mask_tensor).last_hidden_state
+            pooled = pool(hidden, mask_tensor, self.settings.pooling).float()
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            vectors = pooled.cpu().numpy()  # waits for the device: the time is the forward pass's
+        MODEL_FORWARD_SECONDS.observe(time.perf_counter() - started)
+        return vectors
