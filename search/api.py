@@ -71,8 +71,7 @@ class SearchApiView(TenantApiView):
             code, reason = "invalid_request", f"the request body was refused ({exc.__class__.__name__})"
         kb_id = self.kwargs.get("kb_id")
         try:
-            services.record_refusal(action, services.SearchInputError(reason, code=code), tenant=self.scope.tenant,
-                                    user=self.scope.user, context=self.scope.context,
+            services.record_refusal(self.scope, action, services.SearchInputError(reason, code=code),
                                     resource_type=resource_type, resource_id=str(kb_id or ""))
         except AuditUnavailable as unavailable:
             return unavailable
@@ -178,8 +177,7 @@ class SearchApi(SearchApiView):
         if isinstance(data["kb"], str) and "\x00" in data["kb"]:  # no name has one; PostgreSQL cannot compare it
             raise Problem(400, "kb must be a knowledge base id or name: a name has no NUL character")
         kb = kb_from_reference(self.scope, data["kb"])
-        result = services.search_kb(kb=kb, query=data["query"], top_k=data["top_k"], user=self.scope.user,
-                                    context=self.scope.context)
+        result = services.search_kb(scope=self.scope, kb=kb, query=data["query"], top_k=data["top_k"])
         return search_response(self.scope, result)
 
 
@@ -199,8 +197,8 @@ class RadarApi(SearchApiView):
                            "top_k": 1})])
     def post(self, request):
         data = self.validated(self.RadarInputSerializer)
-        result = services.radar_search(tenant=self.scope.tenant, documents=data["documents"], query=data["query"],
-                                       top_k=data["top_k"], user=self.scope.user, context=self.scope.context)
+        result = services.radar_search(scope=self.scope, documents=data["documents"], query=data["query"],
+                                       top_k=data["top_k"])
         return search_response(self.scope, result)
 
 
@@ -233,8 +231,8 @@ class KbListApi(SearchApiView):
                        "handbook", request_only=True, value={"name": "Handbook", "description": "HR questions"})])
     def post(self, request):
         data = self.validated(self.KbCreateInputSerializer)
-        kb = services.kb_create(tenant=self.scope.tenant, name=data["name"], description=data["description"],
-                                user=self.scope.user, context=self.scope.context, min_score=data["min_score"])
+        kb = services.kb_create(scope=self.scope, name=data["name"], description=data["description"],
+                                min_score=data["min_score"])
         return Response(KbOutputSerializer(kb).data, status=201)
 
 
@@ -251,8 +249,7 @@ class KbDetailApi(SearchApiView):
     @extend_schema(summary="Delete a knowledge base and its documents", tags=["knowledge bases"],
                    responses={204: None})
     def delete(self, request, kb_id: int):
-        services.kb_delete(kb=kb_from_reference(self.scope, kb_id), user=self.scope.user,
-                           context=self.scope.context)
+        services.kb_delete(scope=self.scope, kb=kb_from_reference(self.scope, kb_id))
         return Response(status=204)
 
 
@@ -303,8 +300,7 @@ class DocumentListApi(SearchApiView):
     def post(self, request, kb_id: int):
         kb = kb_from_reference(self.scope, kb_id)
         data = self.validated(self.DocumentsAddInputSerializer)
-        result = services.documents_add(kb=kb, items=data["documents"], user=self.scope.user, context=self.scope.context,
-                                        source="api")
+        result = services.documents_add(scope=self.scope, kb=kb, items=data["documents"], source="api")
         return Response({"added": result.added, "skipped_duplicates": result.skipped,
                          "truncated": result.truncated, "kb": kb.pk}, status=201)
 
@@ -316,7 +312,7 @@ class DocumentDetailApi(SearchApiView):
     def delete(self, request, kb_id: int, doc_id: int):
         kb = kb_from_reference(self.scope, kb_id)
         document = selectors.document_get(self.scope, kb, doc_id)
-        services.document_delete(document=document, user=self.scope.user, context=self.scope.context)
+        services.document_delete(scope=self.scope, document=document)
         return Response(status=204)
 
 
@@ -359,9 +355,8 @@ class EmbeddingsApi(SearchApiView):
                        "input": ["a printer", "a VPN token"], "dimensions": 64})])
     def post(self, request):
         data = self.validated(self.EmbeddingsInputSerializer)
-        result, engine = services.embeddings_create(tenant=self.scope.tenant, inputs=data["input"],
-                                                    dimensions=data["dimensions"], user=self.scope.user,
-                                                    context=self.scope.context)
+        result, engine = services.embeddings_create(scope=self.scope, inputs=data["input"],
+                                                    dimensions=data["dimensions"])
         items = []
         for index, vector in enumerate(result.vectors):
             if data["encoding_format"] == "base64":

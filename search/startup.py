@@ -73,9 +73,7 @@ def demo_knowledge_base(tenants) -> list[str]:
         except Exception as exc:  # noqa: BLE001  wrong key, tampered bundle…: one line, no traceback
             raise DemoSetupError(f"the model bundle at EMBED_MODEL_PATH={path} did not open: {exc}") from None
     scope = command_scope("demo_setup", tenant=acme)
-    context = scope.context
-    kb = kb_create(tenant=scope.tenant, name=DEMO_KB_NAME, description="60 questions staff ask the IT desk",
-                   user=None, context=context)
+    kb = kb_create(scope=scope, name=DEMO_KB_NAME, description="60 questions staff ask the IT desk")
     entries = parse_entries(DEMO_KB_FILE.read_bytes(), "txt", max_entries=10_000, max_chars=10_000)
-    result = documents_import(kb=kb, entries=entries, user=None, context=context, source=DEMO_KB_FILE.name)
+    result = documents_import(scope=scope, kb=kb, entries=entries, source=DEMO_KB_FILE.name)
     return [f"created knowledge base {DEMO_KB_NAME!r} in acme with {result.added} entries"]

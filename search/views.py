@@ -29,8 +29,7 @@ def _failure_message(exc) -> tuple[int, str]:
 def _form_refused(request, form, action: str, resource_type: str) -> tuple[int, str | None]:
     """A form the page refuses is audited like the service's refusals; 400 (503 without audit)."""
     try:
-        services.record_form_refusal(action, resource_type, list(form.errors), tenant=request.scope.tenant,
-                                     user=request.scope.user, context=request.scope.context)
+        services.record_form_refusal(request.scope, action, resource_type, list(form.errors))
     except Exception as exc:
         return _failure_message(exc)
     return 400, None
@@ -52,9 +51,8 @@ def home(request):
         if form.is_valid():
             kb = selectors.kb_get(scope, form.cleaned_data["kb"])
             try:
-                result = services.search_kb(kb=kb, query=form.cleaned_data["query"],
-                                            top_k=form.cleaned_data["top_k"], user=scope.user,
-                                            context=scope.context)
+                result = services.search_kb(scope=scope, kb=kb, query=form.cleaned_data["query"],
+                                            top_k=form.cleaned_data["top_k"])
             except Exception as exc:
                 status, error = _failure_message(exc)
         else:
@@ -74,9 +72,8 @@ def radar(request):
         if form.is_valid():
             try:
                 result = services.radar_search(
-                    tenant=scope.tenant, documents=form.cleaned_data["documents"].splitlines(),
-                    query=form.cleaned_data["query"], top_k=form.cleaned_data["top_k"], user=scope.user,
-                    context=scope.context)
+                    scope=scope, documents=form.cleaned_data["documents"].splitlines(),
+                    query=form.cleaned_data["query"], top_k=form.cleaned_data["top_k"])
             except Exception as exc:
                 status, error = _failure_message(exc)
         else:
@@ -95,9 +92,8 @@ def kb_list_page(request):
     if request.method == "POST":
         if form.is_valid():
             try:
-                kb = services.kb_create(tenant=scope.tenant, name=form.cleaned_data["name"],
-                                        description=form.cleaned_data["description"], user=scope.user,
-                                        context=scope.context,
+                kb = services.kb_create(scope=scope, name=form.cleaned_data["name"],
+                                        description=form.cleaned_data["description"],
                                         min_score=form.cleaned_data["min_score"])
             except services.SearchInputError as exc:
                 form.add_error("name", str(exc))
@@ -129,9 +125,8 @@ def kb_upload(request, kb_id: int):
     kb = selectors.kb_get(request.scope, kb_id)
     upload = request.FILES.get("file")
     try:
-        result = services.documents_import_file(kb=kb, name=upload.name if upload else "", file=upload,
-                                                size=upload.size if upload else 0, user=request.scope.user,
-                                                context=request.scope.context)
+        result = services.documents_import_file(scope=request.scope, kb=kb, name=upload.name if upload else "",
+                                                file=upload, size=upload.size if upload else 0)
     except Exception as exc:
         status, message = _failure_message(exc)
         return JsonResponse(problem(status, message), status=status, content_type="application/problem+json")
@@ -145,7 +140,7 @@ def kb_upload(request, kb_id: int):
 @capability_required("kb.manage")
 def kb_delete(request, kb_id: int):
     kb = selectors.kb_get(request.scope, kb_id)
-    services.kb_delete(kb=kb, user=request.scope.user, context=request.scope.context)
+    services.kb_delete(scope=request.scope, kb=kb)
     messages.success(request, _("Knowledge base “%(name)s” deleted.") % {"name": kb.name})
     return redirect("kb-list")
 
@@ -156,7 +151,7 @@ def kb_delete(request, kb_id: int):
 def document_delete(request, kb_id: int, doc_id: int):
     kb = selectors.kb_get(request.scope, kb_id)
     document = selectors.document_get(request.scope, kb, doc_id)
-    services.document_delete(document=document, user=request.scope.user, context=request.scope.context)
+    services.document_delete(scope=request.scope, document=document)
     messages.success(request, _("Entry deleted."))
     # Back to the page the entry was on (the form says which), not page 1.
     page = request.POST.get("page", "")

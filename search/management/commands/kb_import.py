@@ -37,7 +37,7 @@ class Command(BaseCommand):
             except ImportFileError as exc:
                 # Refused before any knowledge base is made: recorded against the name asked for.
                 existing = kb_by_reference(scope, kb)
-                record_refusal("doc.import", exc, tenant=scope.tenant, user=scope.user, context=scope.context,
+                record_refusal(scope, "doc.import", exc,
                                resource_type="knowledge_base", resource_id=str(existing.pk) if existing else "",
                                kb_id=existing.pk if existing else None, kb_name=kb[:200],
                                detail={"source": path.name[:200]})
@@ -46,16 +46,15 @@ class Command(BaseCommand):
                 get_engine()
             except EngineUnavailable:
                 open_engine(settings.EMBED_MODEL_PATH, get_keyring().model_key, settings.EMBED_DEVICE)
-            target = kb_by_reference(scope, kb) or \
-                kb_create(tenant=scope.tenant, name=kb, user=scope.user, context=scope.context)
+            target = kb_by_reference(scope, kb) or kb_create(scope=scope, name=kb)
             with tqdm(total=len(entries), unit="entry", desc="embedding", disable=None) as bar:
                 def progress(done, total):
                     bar.total = total
                     bar.n = done
                     bar.refresh()
 
-                result = documents_import(kb=target, entries=entries, user=scope.user, context=scope.context,
-                                          source=path.name, progress=progress)
+                result = documents_import(scope=scope, kb=target, entries=entries, source=path.name,
+                                          progress=progress)
         except (ImportFileError, SearchInputError, ModelMismatch, EngineError, AuditUnavailable) as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"{result.added} entries added to {kb!r} ({tenant}), "
