@@ -86,7 +86,6 @@ def test_in_a_browser_a_double_click_sends_one_upload_and_an_error_looks_like_on
     from playwright.sync_api import sync_playwright
 
     from portal.scope import Scope
-
     from search.services import kb_create
     from tests.audit.test_browser import CHROMIUM, launch_chromium
 
