@@ -109,14 +109,14 @@ class AuditExportApi(TenantApiView):
 
     extra_problem_statuses = [403]  # a presigned URL that does not verify (portal.openapi)
 
+    def needs_capability(self, request) -> bool:
+        return "sig" not in request.query_params
+
     @extend_schema(summary="Download a signed audit export of a time range", tags=["audit"],
                    parameters=[OpenApiParameter(name, str, required=name in ("from", "to"),
                                                 examples=RANGE_EXAMPLES.get(name)) for name in (
         "from", "to", "recipient", "tenant", "expires", "by", "sig")],
         responses={(200, "application/octet-stream"): bytes})
-    def needs_capability(self, request) -> bool:
-        return "sig" not in request.query_params
-
     def get(self, request):
         context = self.scope.context
         if "sig" in request.query_params:
