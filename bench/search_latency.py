@@ -90,6 +90,7 @@ def main():
     from search.engine import Engine, set_engine
     from search.index import best_rows
     from search.parsing import parse_entries
+    from portal.scope import Scope
     from search.services import documents_import, kb_create
 
     call_command("migrate", verbosity=0)
@@ -101,10 +102,10 @@ def main():
     tenant = Tenant.objects.create(slug="bench", name="Bench")
     user = get_user_model().objects.create_user("bench", password="bench-password-1")
     Membership.objects.create(user=user, tenant=tenant, role="searcher")
-    kb = kb_create(tenant=tenant, name="FAQ", user=user)
+    kb = kb_create(scope=Scope(tenant=tenant, user=user), name="FAQ")
     entries = parse_entries((ROOT / "search/demo_data/faq-kb.txt").read_bytes(), "txt", max_entries=10**4,
                             max_chars=10**4)
-    documents_import(kb=kb, entries=entries, user=user)
+    documents_import(scope=Scope(tenant=kb.tenant, user=user), kb=kb, entries=entries)
     _, token = token_create(user=user, tenant=tenant, days=1)
 
     # (b) and (c): two servers, alternating requests

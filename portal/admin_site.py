@@ -14,7 +14,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.csrf import csrf_protect
 
 from portal.landing import reviews_audit
-from portal.tenancy import record_denial
+from portal.scope import record_denial, request_scope
 
 REVIEW_CAPABILITY = "audit.review"
 
@@ -24,6 +24,7 @@ class PortalAdminSite(admin.AdminSite):
     site_title = _("Sealed search")
     index_title = _("Audit review")
     site_url = "/"
+    capability = REVIEW_CAPABILITY  # declared for the URLconf walk (portal.access); has_permission checks it
 
     def has_permission(self, request):
         """Platform superusers, and compliance officers of any organisation
@@ -33,7 +34,7 @@ class PortalAdminSite(admin.AdminSite):
     def refuse(self, request):
         """Signed in but no reviewer: the portal's 403 page naming the role
         needed (via handler403), and an audit record of the attempt."""
-        record_denial(request, action="access.denied", resource_type="capability", resource_id=REVIEW_CAPABILITY)
+        record_denial(request_scope(request), action="access.denied", resource_type="capability", resource_id=REVIEW_CAPABILITY)
         raise PermissionDenied(REVIEW_CAPABILITY)
 
     def admin_view(self, view, cacheable=False):

@@ -2,16 +2,17 @@
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from audit.ledger.context import request_context
 from portal import services
+from portal.api_base import TenantApiView
 from portal.models import ApiToken
-from portal.selectors import token_list
-from portal.tenancy import acting_roles, get_scoped_or_404
+from portal.scope import SIGNED_IN
+from portal.selectors import token_get, token_list
 
 
-class MeApi(APIView):
+class MeApi(TenantApiView):
+    capabilities = {"GET": SIGNED_IN}
+
     class MeSerializer(serializers.Serializer):
         username = serializers.CharField()
         tenant = serializers.CharField(allow_null=True)
@@ -21,15 +22,17 @@ class MeApi(APIView):
 
     @extend_schema(summary="Who am I: user, acting tenant and roles", tags=["account"], responses=MeSerializer)
     def get(self, request):
-        tenant = request._request.tenant
+        tenant = self.scope.tenant
         return Response(self.MeSerializer({
             "username": request.user.get_username(),
             "tenant": tenant.slug if tenant else None,
-            "roles": sorted(acting_roles(request._request)),
+            "roles": sorted(self.scope.roles),
         }).data)
 
 
-class TokenListApi(APIView):
+class TokenListApi(TenantApiView):
+    capabilities = {"GET": SIGNED_IN}  # one's own tokens, or the tenant's for its admins (token_list)
+
     class TokenSerializer(serializers.ModelSerializer):
         user = serializers.CharField(source="user.username")
 
@@ -42,12 +45,14 @@ class TokenListApi(APIView):
     @extend_schema(summary="List API tokens", tags=["tokens"], operation_id="api_v1_tokens_list",
                    responses=inline_serializer("TokenList", {"results": TokenSerializer(many=True)}))
     def get(self, request):
-        return Response({"results": self.TokenSerializer(token_list(request._request), many=True).data})
+        return Response({"results": self.TokenSerializer(token_list(self.scope), many=True).data})
 
 
-class TokenDetailApi(APIView):
+class TokenDetailApi(TenantApiView):
+    capabilities = {"DELETE": "tokens.own"}
+
     @extend_schema(summary="Revoke an API token", tags=["tokens"], responses={204: None})
     def delete(self, request, token_id: int):
-        token = get_scoped_or_404(token_list(request._request), request._request, pk=token_id)
-        services.token_revoke(token=token, by_user=request.user, context=request_context(request._request))
+        token = token_get(self.scope, token_id)
+        services.token_revoke(token=token, by_user=request.user, context=self.scope.context)
         return Response(status=204)

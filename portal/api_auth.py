@@ -1,9 +1,9 @@
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from audit.ledger.context import request_context
-from audit.ledger.models import Outcome
+from audit.models import Outcome
 from audit.ledger.services import AuditUnavailable, record_event
+from portal.scope import scope_from_request
 from portal.services import token_authenticate
 
 
@@ -26,7 +26,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         if token is None:
             try:
                 record_event(action="auth.token_failed", outcome=Outcome.DENIED,
-                             context=request_context(request._request), resource_type="api_token",
+                             context=scope_from_request(request._request).context, resource_type="api_token",
                              detail={"reason": why, "prefix": text[:10]})
             except AuditUnavailable:
                 pass  # refused anyway; record_event has logged it
@@ -34,7 +34,6 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         django_request = request._request
         django_request.tenant = token.tenant
         django_request.api_token = token
-        django_request._tenant_roles = (token.tenant_id, token.roles)
         return token.user, token
 
     def authenticate_header(self, request):

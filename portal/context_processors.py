@@ -1,7 +1,8 @@
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from portal.landing import reviews_audit
-from portal.tenancy import CAPABILITIES, acting_roles, tenants_of
+from portal.scope import request_scope
+from portal.tenancy import CAPABILITIES, tenants_of
 
 
 def _on_site(path: str) -> str:
@@ -15,8 +16,9 @@ def tenant(request):
     here = {"next_here": _on_site(request.path), "next_here_full": _on_site(request.get_full_path())}
     if not getattr(user, "is_authenticated", False):
         return here
-    current = getattr(request, "tenant", None)
-    roles = acting_roles(request) if current else frozenset()
+    scope = request_scope(request)
+    current = scope.tenant
+    roles = scope.roles if current else frozenset()
     return {
         **here,
         "acting_tenant": current,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.urls import reverse
 
-from portal.grants import reviewable_tenant_ids
 from portal.models import Role
-from portal.tenancy import CAPABILITIES, acting_roles
+from portal.tenancy import CAPABILITIES
+from portal.grants import reviewable_tenant_ids
 
 # A role's own work, most specific first: a user with several roles in the
 # acting organisation starts at the first that applies.
@@ -20,7 +20,10 @@ LANDING_BY_ROLE: list[tuple[str, str]] = [
 
 def landing_url(request) -> str:
     """The page a user starts at in the acting organisation (``/`` without a role)."""
-    roles = acting_roles(request) if getattr(request, "tenant", None) is not None else frozenset()
+    from portal.scope import request_scope
+
+    scope = request_scope(request)
+    roles = scope.roles if scope.tenant is not None else frozenset()
     for role, url_name in LANDING_BY_ROLE:
         if role in roles:
             return reverse(url_name)

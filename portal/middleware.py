@@ -4,7 +4,8 @@ import uuid
 from django.conf import settings
 
 from portal.request_context import client_ip
-from portal.tenancy import session_tenant
+from portal.scope import scope_from_request
+from portal.tenancy import session_membership
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 
@@ -26,13 +27,17 @@ class RequestContextMiddleware:
 
 
 class TenantMiddleware:
-    """The acting tenant of a session user. Token requests get theirs from the
-    DRF authentication class, which replaces this value."""
+    """The scope of a page request (portal.scope), built once after Django's
+    authentication: the session user's acting tenant and roles there, and the
+    request facts. API requests get theirs from portal.api_base.TenantApiView
+    after DRF's authentication (a token names its own tenant)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        request.tenant = session_tenant(request)
+        tenant, roles = session_membership(request)
+        request.tenant = tenant
         request.api_token = None
+        request.scope = scope_from_request(request, tenant=tenant, roles=roles)
         return self.get_response(request)

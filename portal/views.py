@@ -11,14 +11,15 @@ from django.utils.translation import gettext as _
 from django.utils.translation import pgettext
 from django.views.decorators.http import require_GET, require_POST
 
-from audit.ledger.context import request_context
 from portal import services
+from portal.access import capability_required
 from portal.forms import LoginForm, TokenCreateForm
 from portal.readiness import readiness
-from portal.selectors import token_list
+from portal.scope import SIGNED_IN, request_scope
+from portal.selectors import token_get, token_list
 from portal.landing import landing_url, roles_for
 from portal.models import Role
-from portal.tenancy import acting_roles, choose_tenant, get_scoped_or_404, session_tenant, tenants_of
+from portal.tenancy import choose_tenant, refresh_scope, session_tenant, tenants_of
 
 
 class LoginView(auth_views.LoginView):
@@ -44,6 +45,7 @@ class LoginView(auth_views.LoginView):
                 choose_tenant(self.request, tenant)
         if getattr(self.request, "tenant", None) is None:
             self.request.tenant = session_tenant(self.request)
+            refresh_scope(self.request)  # signed in now: the anonymous scope no longer holds
         return super().get_success_url()
 
     def get_default_redirect_url(self):
@@ -60,8 +62,8 @@ def permission_denied(request, exception=None):
     if is_api_path(request.path):
         return problem_response(403, "You do not have permission to perform this action.")
     capability = str(exception) if exception is not None and exception.args else ""
-    tenant = getattr(request, "tenant", None)
-    held = [role for role in Role if role in acting_roles(request)] if tenant else []
+    scope = request_scope(request)
+    held = [role for role in Role if role in scope.roles] if scope.tenant else []
     separator = pgettext("list separator", ", ")
     return render(request, "403.html", {
         "needed_roles": separator.join(str(role.label) for role in roles_for(capability)),
@@ -72,6 +74,7 @@ def permission_denied(request, exception=None):
 
 @login_required
 @require_POST
+@capability_required(SIGNED_IN)
 def tenant_switch(request):
     tenant = next((t for t in tenants_of(request.user) if t.slug == request.POST.get("tenant")), None)
     if tenant is None:
@@ -95,7 +98,9 @@ TOKEN_FORM_NONCE = "token_form_nonce"
 
 @never_cache  # it shows a new token once: no browser or proxy may keep a copy
 @login_required
+@capability_required(SIGNED_IN)  # anyone's own tokens; token_list() reads them under tokens.own
 def tokens_page(request):
+    scope = request.scope
     new_token = None
     form = TokenCreateForm(request.POST or None)
     if request.method == "POST" and request.POST.get("nonce") != request.session.pop(TOKEN_FORM_NONCE, None):
@@ -103,25 +108,26 @@ def tokens_page(request):
         messages.warning(request, _("That form was already used, so no new token was created."))
         return redirect("tokens")
     if request.method == "POST" and form.is_valid():
-        if request.tenant is None:
+        if scope.tenant is None:
             messages.error(request, _("You are not a member of any organisation."))
         else:
             row, new_token = services.token_create(
-                user=request.user, tenant=request.tenant, days=form.cleaned_data["days"],
-                label=form.cleaned_data["label"], context=request_context(request))
+                user=scope.user, tenant=scope.tenant, days=form.cleaned_data["days"],
+                label=form.cleaned_data["label"], context=scope.context)
             form = TokenCreateForm()
     request.session[TOKEN_FORM_NONCE] = secrets.token_urlsafe(16)
     return render(request, "portal/tokens.html", {
-        "form": form, "new_token": new_token, "tokens": token_list(request),
+        "form": form, "new_token": new_token, "tokens": token_list(scope),
         "nonce": request.session[TOKEN_FORM_NONCE],
     }, status=400 if request.method == "POST" and form.errors else 200)
 
 
 @login_required
 @require_POST
+@capability_required("tokens.own", hide=True)
 def token_revoke(request, token_id: int):
-    token = get_scoped_or_404(token_list(request), request, pk=token_id)
-    services.token_revoke(token=token, by_user=request.user, context=request_context(request))
+    token = token_get(request.scope, token_id)
+    services.token_revoke(token=token, by_user=request.scope.user, context=request.scope.context)
     messages.success(request, _("Token %(prefix)s… revoked.") % {"prefix": token.prefix})
     return redirect("tokens")
 

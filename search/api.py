@@ -11,12 +11,11 @@ from django.core.exceptions import RequestDataTooBig
 from rest_framework.exceptions import ParseError, UnsupportedMediaType, ValidationError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from audit.ledger.context import request_context
 from audit.ledger.services import AuditUnavailable
+from portal.api_base import TenantApiView
 from portal.api_errors import Problem
-from portal.tenancy import record_denial, require_capability
+from portal.scope import Scope, record_denial
 from search import selectors, services
 from search.failures import failure_status
 from search.models import KnowledgeBase
@@ -47,23 +46,15 @@ class StrictFloatField(serializers.FloatField):
         return super().to_internal_value(data)
 
 
-class TenantApiView(APIView):
-    # Base of every search API view: a capability per method (deny unless
-    # listed), domain errors as problem+json. (A comment, not a docstring:
+class SearchApiView(TenantApiView):
+    # Base of every search API view (a capability per method: portal.api_base),
+    # with domain errors as problem+json. (A comment, not a docstring:
     # docstrings become the public API description.)
 
-    capabilities: dict[str, str] = {}
     # (audit action, resource type) of a POST whose body is refused before
     # any service sees it (malformed JSON, wrong types, too large): recorded
     # with outcome "rejected" like the refusals the services record.
     refusal: tuple[str, str] | None = None
-
-    def initial(self, request, *args, **kwargs):
-        super().initial(request, *args, **kwargs)
-        capability = self.capabilities.get(request.method)
-        if capability is None:
-            self.http_method_not_allowed(request)
-        require_capability(request._request, capability, hide=True)
 
     def handle_exception(self, exc):
         if self.refusal and self.request.method == "POST" and isinstance(exc, _BODY_REFUSALS):
@@ -80,19 +71,11 @@ class TenantApiView(APIView):
             code, reason = "invalid_request", f"the request body was refused ({exc.__class__.__name__})"
         kb_id = self.kwargs.get("kb_id")
         try:
-            services.record_refusal(action, services.SearchInputError(reason, code=code), tenant=self.tenant,
-                                    user=self.request.user, context=self.context(), resource_type=resource_type,
-                                    resource_id=str(kb_id or ""))
+            services.record_refusal(self.scope, action, services.SearchInputError(reason, code=code),
+                                    resource_type=resource_type, resource_id=str(kb_id or ""))
         except AuditUnavailable as unavailable:
             return unavailable
         return exc
-
-    @property
-    def tenant(self):
-        return self.request._request.tenant
-
-    def context(self) -> dict:
-        return request_context(self.request._request)
 
     def validated(self, serializer_class):
         if not isinstance(self.request.data, dict):
@@ -115,11 +98,11 @@ def _as_problem(exc):
     return Problem(status, message)
 
 
-def kb_from_reference(request, reference) -> KnowledgeBase:
+def kb_from_reference(scope: Scope, reference) -> KnowledgeBase:
     """A knowledge base of the acting tenant by id or by name; 404 otherwise."""
-    kb = selectors.kb_by_reference(request, reference)
+    kb = selectors.kb_by_reference(scope, reference)
     if kb is None:
-        record_denial(request, action="access.not_found", resource_type="search.knowledgebase",
+        record_denial(scope, action="access.not_found", resource_type="search.knowledgebase",
                       resource_id=str(reference))
         raise Problem(404, f"knowledge base {reference!r} not found")
     return kb
@@ -160,13 +143,13 @@ class SearchOutputSerializer(serializers.Serializer):
     warnings = QueryWarningSerializer(many=True, help_text="reasons to doubt the results; the search still ran")
 
 
-def search_response(request, result: services.SearchResult) -> Response:
+def search_response(scope: Scope, result: services.SearchResult) -> Response:
     # The shape SearchOutputSerializer documents, built directly: running the
     # serializer over values the service already typed only cost time.
     return Response({
         "results": [{"id": h.id, "text": h.text, "score": round(h.score, 6), "weak": h.weak} for h in result.hits],
         "latency_ms": round(result.latency_ms, 3),
-        "request_id": request._request.request_id,
+        "request_id": scope.request_id,
         "model": result.model.as_dict(),
         "min_score": result.min_score,
         "query_truncated": result.query_truncated,
@@ -174,7 +157,7 @@ def search_response(request, result: services.SearchResult) -> Response:
     })
 
 
-class SearchApi(TenantApiView):
+class SearchApi(SearchApiView):
     capabilities = {"POST": "search"}
     extra_problem_statuses = [409]  # services.ModelMismatch (portal.openapi)
     refusal = ("search.failed", "knowledge_base")
@@ -193,13 +176,12 @@ class SearchApi(TenantApiView):
             raise Problem(400, "kb must be a knowledge base id or name")
         if isinstance(data["kb"], str) and "\x00" in data["kb"]:  # no name has one; PostgreSQL cannot compare it
             raise Problem(400, "kb must be a knowledge base id or name: a name has no NUL character")
-        kb = kb_from_reference(request._request, data["kb"])
-        result = services.search_kb(kb=kb, query=data["query"], top_k=data["top_k"], user=request.user,
-                                    context=self.context())
-        return search_response(request, result)
+        kb = kb_from_reference(self.scope, data["kb"])
+        result = services.search_kb(scope=self.scope, kb=kb, query=data["query"], top_k=data["top_k"])
+        return search_response(self.scope, result)
 
 
-class RadarApi(TenantApiView):
+class RadarApi(SearchApiView):
     capabilities = {"POST": "search"}
     refusal = ("radar.failed", "radar")
 
@@ -215,9 +197,9 @@ class RadarApi(TenantApiView):
                            "top_k": 1})])
     def post(self, request):
         data = self.validated(self.RadarInputSerializer)
-        result = services.radar_search(tenant=self.tenant, documents=data["documents"], query=data["query"],
-                                       top_k=data["top_k"], user=request.user, context=self.context())
-        return search_response(request, result)
+        result = services.radar_search(scope=self.scope, documents=data["documents"], query=data["query"],
+                                       top_k=data["top_k"])
+        return search_response(self.scope, result)
 
 
 class KbOutputSerializer(serializers.ModelSerializer):
@@ -228,7 +210,7 @@ class KbOutputSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "description", "model_id", "dimensions", "min_score", "line_count", "created_at"]
 
 
-class KbListApi(TenantApiView):
+class KbListApi(SearchApiView):
     capabilities = {"GET": "kb.read", "POST": "kb.manage"}
 
     class KbCreateInputSerializer(serializers.Serializer):
@@ -242,24 +224,24 @@ class KbListApi(TenantApiView):
     @extend_schema(summary="List knowledge bases", tags=["knowledge bases"], operation_id="api_v1_kbs_list",
                    responses=inline_serializer("KbList", {"results": KbOutputSerializer(many=True)}))
     def get(self, request):
-        return Response({"results": KbOutputSerializer(selectors.kb_list(request._request), many=True).data})
+        return Response({"results": KbOutputSerializer(selectors.kb_list(self.scope), many=True).data})
 
     @extend_schema(summary="Create a knowledge base", tags=["knowledge bases"], request=KbCreateInputSerializer,
                    responses={201: KbOutputSerializer}, examples=[OpenApiExample(
                        "handbook", request_only=True, value={"name": "Handbook", "description": "HR questions"})])
     def post(self, request):
         data = self.validated(self.KbCreateInputSerializer)
-        kb = services.kb_create(tenant=self.tenant, name=data["name"], description=data["description"],
-                                user=request.user, context=self.context(), min_score=data["min_score"])
+        kb = services.kb_create(scope=self.scope, name=data["name"], description=data["description"],
+                                min_score=data["min_score"])
         return Response(KbOutputSerializer(kb).data, status=201)
 
 
-class KbDetailApi(TenantApiView):
+class KbDetailApi(SearchApiView):
     capabilities = {"GET": "kb.read", "DELETE": "kb.manage"}
 
     @extend_schema(summary="Get a knowledge base", tags=["knowledge bases"], responses=KbOutputSerializer)
     def get(self, request, kb_id: int):
-        kb = selectors.kb_list(request._request).filter(pk=kb_id).first()
+        kb = selectors.kb_list(self.scope).filter(pk=kb_id).first()
         if kb is None:
             raise Problem(404, f"knowledge base {kb_id} not found")
         return Response(KbOutputSerializer(kb).data)
@@ -267,8 +249,7 @@ class KbDetailApi(TenantApiView):
     @extend_schema(summary="Delete a knowledge base and its documents", tags=["knowledge bases"],
                    responses={204: None})
     def delete(self, request, kb_id: int):
-        services.kb_delete(kb=kb_from_reference(request._request, kb_id), user=request.user,
-                           context=self.context())
+        services.kb_delete(scope=self.scope, kb=kb_from_reference(self.scope, kb_id))
         return Response(status=204)
 
 
@@ -292,7 +273,7 @@ class DocumentsAddedSerializer(serializers.Serializer):
     kb = serializers.IntegerField()
 
 
-class DocumentListApi(TenantApiView):
+class DocumentListApi(SearchApiView):
     capabilities = {"GET": "kb.read", "POST": "kb.manage"}
     pagination_class = DocumentPagination  # what the schema documents; get() pages with it
     extra_problem_statuses = {"POST": [409]}  # services.ModelMismatch (portal.openapi)
@@ -307,9 +288,9 @@ class DocumentListApi(TenantApiView):
         OpenApiParameter("limit", int, description="page size (default 100, at most 1000)"),
         OpenApiParameter("offset", int)])
     def get(self, request, kb_id: int):
-        kb = kb_from_reference(request._request, kb_id)
+        kb = kb_from_reference(self.scope, kb_id)
         paginator = DocumentPagination()
-        page = paginator.paginate_queryset(selectors.document_list(request._request, kb), request, view=self)
+        page = paginator.paginate_queryset(selectors.document_list(self.scope, kb), request, view=self)
         return paginator.get_paginated_response(DocumentOutputSerializer(page, many=True).data)
 
     @extend_schema(summary="Add documents to a knowledge base (bulk)", tags=["documents"],
@@ -317,22 +298,21 @@ class DocumentListApi(TenantApiView):
                    examples=[OpenApiExample("a string and an object", request_only=True, value={
                        "documents": ["Lunch is served at noon.", {"text": "The lobby opens at seven."}]})])
     def post(self, request, kb_id: int):
-        kb = kb_from_reference(request._request, kb_id)
+        kb = kb_from_reference(self.scope, kb_id)
         data = self.validated(self.DocumentsAddInputSerializer)
-        result = services.documents_add(kb=kb, items=data["documents"], user=request.user, context=self.context(),
-                                        source="api")
+        result = services.documents_add(scope=self.scope, kb=kb, items=data["documents"], source="api")
         return Response({"added": result.added, "skipped_duplicates": result.skipped,
                          "truncated": result.truncated, "kb": kb.pk}, status=201)
 
 
-class DocumentDetailApi(TenantApiView):
+class DocumentDetailApi(SearchApiView):
     capabilities = {"DELETE": "kb.manage"}
 
     @extend_schema(summary="Delete a document", tags=["documents"], responses={204: None})
     def delete(self, request, kb_id: int, doc_id: int):
-        kb = kb_from_reference(request._request, kb_id)
-        document = selectors.document_get(request._request, kb, doc_id)
-        services.document_delete(document=document, user=request.user, context=self.context())
+        kb = kb_from_reference(self.scope, kb_id)
+        document = selectors.document_get(self.scope, kb, doc_id)
+        services.document_delete(scope=self.scope, document=document)
         return Response(status=204)
 
 
@@ -356,7 +336,7 @@ class EmbeddingsOutputSerializer(serializers.Serializer):
                                       help_text="indices of inputs cut to the model's limit")
 
 
-class EmbeddingsApi(TenantApiView):
+class EmbeddingsApi(SearchApiView):
     """OpenAI-compatible embeddings: a string or a list of strings in, vectors out."""
 
     capabilities = {"POST": "search"}
@@ -375,9 +355,8 @@ class EmbeddingsApi(TenantApiView):
                        "input": ["a printer", "a VPN token"], "dimensions": 64})])
     def post(self, request):
         data = self.validated(self.EmbeddingsInputSerializer)
-        result, engine = services.embeddings_create(tenant=self.tenant, inputs=data["input"],
-                                                    dimensions=data["dimensions"], user=request.user,
-                                                    context=self.context())
+        result, engine = services.embeddings_create(scope=self.scope, inputs=data["input"],
+                                                    dimensions=data["dimensions"])
         items = []
         for index, vector in enumerate(result.vectors):
             if data["encoding_format"] == "base64":

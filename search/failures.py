@@ -13,8 +13,7 @@ from search.parsing import ImportFileError
 def failure_status(exc: Exception) -> tuple[int, str] | None:
     """(HTTP status, message) for a known failure, or None for anything else."""
     if isinstance(exc, services.LimitExceeded):
-        # A size limit is 413; top_k is a parameter out of range, so 400.
-        return (400 if exc.limit == "SEARCH_MAX_TOP_K" else 413), str(exc)
+        return exc.status, str(exc)  # services.LIMITS: a size is 413, a parameter out of range 400
     if isinstance(exc, (services.SearchInputError, ImportFileError)):
         return 400, str(exc)
     if isinstance(exc, services.ModelMismatch):

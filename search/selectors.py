@@ -1,28 +1,31 @@
-"""Reads of the search app, always scoped to the acting tenant."""
+"""Reads of the search app, always through the acting scope: reading a
+knowledge base or its documents needs kb.read in the acting tenant."""
 from django.db.models import Count
 
-from portal.tenancy import get_scoped_or_404, scoped, scoped_row
+from portal.scope import Scope, get_scoped_or_404, scoped, scoped_row
 from search.models import Document, KnowledgeBase
 
+READ = "kb.read"
 
-def kb_by_reference(request, reference: int | str) -> KnowledgeBase | None:
+
+def kb_by_reference(scope: Scope, reference: int | str) -> KnowledgeBase | None:
     """The acting tenant's knowledge base by id (an int) or by name (a str)."""
     lookup = {"pk": reference} if isinstance(reference, int) else {"name": reference}
-    return scoped_row(KnowledgeBase, request, **lookup)
+    return scoped_row(scope, KnowledgeBase, READ, **lookup)
 
 
-def kb_list(request):
-    return scoped(KnowledgeBase, request).annotate(line_count=Count("documents")).order_by("name")
+def kb_list(scope: Scope):
+    return scoped(scope, KnowledgeBase, READ).annotate(line_count=Count("documents")).order_by("name")
 
 
-def kb_get(request, kb_id) -> KnowledgeBase:
-    return get_scoped_or_404(KnowledgeBase.objects.select_related("tenant"), request, pk=kb_id)
+def kb_get(scope: Scope, kb_id) -> KnowledgeBase:
+    return get_scoped_or_404(scope, KnowledgeBase.objects.select_related("tenant"), READ, pk=kb_id)
 
 
-def document_list(request, kb: KnowledgeBase):
-    return scoped(Document, request).filter(knowledge_base=kb).order_by("id")
+def document_list(scope: Scope, kb: KnowledgeBase):
+    return scoped(scope, Document, READ).filter(knowledge_base=kb).order_by("id")
 
 
-def document_get(request, kb: KnowledgeBase, doc_id) -> Document:
-    return get_scoped_or_404(Document.objects.select_related("knowledge_base__tenant").filter(knowledge_base=kb),
-                             request, pk=doc_id)
+def document_get(scope: Scope, kb: KnowledgeBase, doc_id) -> Document:
+    return get_scoped_or_404(scope, Document.objects.select_related("knowledge_base__tenant").filter(knowledge_base=kb),
+                             READ, pk=doc_id)

@@ -3,6 +3,7 @@ a search whose audit record cannot be written is refused (no result without a
 record)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field, replace
@@ -13,8 +14,9 @@ from django.db import IntegrityError, transaction
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
-from audit.ledger.models import Outcome
+from audit.models import Outcome
 from audit.ledger.services import record_event
+from portal.scope import Scope
 from search.engine import EngineUnavailable, get_engine
 from search.index import Hit, best_rows, kb_indexes
 from search.languages import language_name, script_name, unread_scripts
@@ -35,29 +37,111 @@ class SearchInputError(ValueError):
 
 
 class LimitExceeded(SearchInputError):
-    def __init__(self, limit: str, message: str, *, reason: str | None = None):
+    """A size limit (``limit``: the setting's name, the refusal's fixed code) exceeded; ``status``: its HTTP status."""
+
+    def __init__(self, limit: str, message: str, *, reason: str | None = None, status: int = 413):
         super().__init__(message, code=limit, reason=reason)
         self.limit = limit
+        self.status = status
 
 
-def _refused(template: str, params: dict | None = None, *, limit: str = "", code: str = "invalid_input"
-             ) -> SearchInputError:
+def _refused(template: str, params: dict | None = None, *, limit: str = "", code: str = "invalid_input",
+             status: int = 413) -> SearchInputError:
     """The refusal for a ``gettext_noop`` template: translated for the person,
     in English for the audit record."""
     params = params or {}
     message, reason = _(template) % params, template % params
     if limit:
-        return LimitExceeded(limit, message, reason=reason)
+        return LimitExceeded(limit, message, reason=reason, status=status)
     return SearchInputError(message, code=code, reason=reason)
 
 
-def record_refusal(action: str, exc: Exception, *, query="", detail: dict | None = None, **fields) -> None:
+@dataclass(frozen=True)
+class Limit:
+    setting: str  # the setting that holds the limit; also the refusal's fixed code
+    message: str  # a gettext_noop template: %(limit)d and the measured values
+    status: int  # a size is 413; a parameter out of range is 400
+
+
+# Every size limit the search app enforces, by what it limits.
+LIMITS: dict[str, Limit] = {
+    "query_chars": Limit("SEARCH_MAX_QUERY_CHARS", gettext_noop(
+        "The query is too long: %(chars)d characters; the limit is %(limit)d."), 413),
+    "top_k": Limit("SEARCH_MAX_TOP_K", gettext_noop("top_k must be between 1 and %(limit)d"), 400),
+    "import_entries": Limit("KB_MAX_IMPORT_ENTRIES", gettext_noop(
+        "%(count)d entries; the limit is %(limit)d per import"), 413),
+    "entry_chars": Limit("KB_MAX_DOCUMENT_CHARS", gettext_noop(
+        "entry %(line)d is %(chars)d characters; the limit is %(limit)d"), 413),
+    "upload_bytes": Limit("KB_MAX_UPLOAD_BYTES", gettext_noop(
+        "The file is %(size)d bytes; the limit is %(limit)d."), 413),
+    "radar_lines": Limit("RADAR_MAX_LINES", gettext_noop("%(count)d lines; the limit is %(limit)d"), 413),
+    "radar_line_chars": Limit("KB_MAX_DOCUMENT_CHARS", gettext_noop(
+        "a line is %(chars)d characters; the limit is %(limit)d"), 413),
+    "embedding_inputs": Limit("EMBEDDINGS_MAX_INPUTS", gettext_noop(
+        "%(count)d inputs; the limit is %(limit)d per request"), 413),
+    "embedding_chars": Limit("KB_MAX_DOCUMENT_CHARS", gettext_noop(
+        "an input is %(chars)d characters; the limit is %(limit)d"), 413),
+}
+
+
+def check_limit(name: str, value: int, *, ceiling: int | None = None, floor: int | None = None, **params) -> None:
+    """Refuse (LimitExceeded) when ``value`` is above LIMITS[name]'s setting
+    (or ``ceiling``, where the caller has its own) or below ``floor``. The
+    message gets ``params`` and the limit."""
+    limit = LIMITS[name]
+    ceiling = getattr(settings, limit.setting) if ceiling is None else ceiling
+    if value > ceiling or (floor is not None and value < floor):
+        raise _refused(limit.message, {**params, "limit": ceiling}, limit=limit.setting, status=limit.status)
+
+
+def record_refusal(scope: Scope, action: str, exc: Exception, *, tenant=None, query="", detail: dict | None = None,
+                   **fields) -> None:
     """Audit a refused request: outcome ``rejected``, the fixed code of what
-    was refused and the English reason; nothing else is stored."""
-    record_event(action=action, outcome=Outcome.REJECTED,
+    was refused and the English reason; nothing else is stored. In the
+    acting tenant's chain unless ``tenant`` (the object's) is given."""
+    record_event(action=action, outcome=Outcome.REJECTED, tenant=scope.tenant if tenant is None else tenant,
+                 user=scope.user, context=scope.context,
                  query=query[:settings.SEARCH_MAX_QUERY_CHARS] if isinstance(query, str) else "",
                  detail={"rejected": getattr(exc, "code", "invalid_input"),
                          "reason": str(getattr(exc, "reason", exc))[:300], **(detail or {})}, **fields)
+
+
+class Completion:
+    """What an audited block reports for its completion record."""
+
+    def __init__(self):
+        self.fields: dict = {}
+        self.detail: dict | None = None
+
+    def report(self, *, detail: dict | None = None, **fields) -> None:
+        self.fields, self.detail = fields, detail
+
+
+@contextlib.contextmanager
+def audited(scope: Scope, action: str, *, tenant=None, started: float, submitted: bool = True,
+            failure_detail: dict | None = None, **fields):
+    """The audit records around running the model, so no search forgets one.
+
+    With ``submitted`` (searches): ``<action>.submitted`` before the block,
+    ``<action>.failed`` (outcome failure, the error's class, the latency)
+    if it raises, ``<action>.completed`` with what the block reported after.
+    Without (embeddings): only ``action`` after, outcome failure or success.
+    A submitted record that cannot be written stops the search before the
+    model runs (AuditUnavailable)."""
+    common = dict(tenant=scope.tenant if tenant is None else tenant, user=scope.user, context=scope.context,
+                  **fields)
+    if submitted:
+        record_event(action=f"{action}.submitted", **common)
+    completion = Completion()
+    try:
+        yield completion
+    except Exception as exc:
+        latency = {"latency_ms": (time.perf_counter() - started) * 1e3} if submitted else {}
+        record_event(action=f"{action}.failed" if submitted else action, outcome=Outcome.FAILURE, **common,
+                     **latency, detail={**(failure_detail or {}), "error": exc.__class__.__name__})
+        raise
+    record_event(action=f"{action}.completed" if submitted else action, **{**common, **completion.fields},
+                 detail=completion.detail)
 
 
 class ModelMismatch(Exception):
@@ -186,19 +270,14 @@ def check_query(query) -> str:
     query = query.strip()
     if not query:
         raise _refused(gettext_noop("query is empty"), code="query_empty")
-    if len(query) > settings.SEARCH_MAX_QUERY_CHARS:
-        raise _refused(gettext_noop("The query is too long: %(chars)d characters; the limit is %(limit)d."),
-                       {"chars": len(query), "limit": settings.SEARCH_MAX_QUERY_CHARS},
-                       limit="SEARCH_MAX_QUERY_CHARS")
+    check_limit("query_chars", len(query), chars=len(query))
     return query
 
 
 def check_top_k(top_k_value) -> int:
     if isinstance(top_k_value, bool) or not isinstance(top_k_value, int):
         raise _refused(gettext_noop("top_k must be an integer"), code="top_k_not_integer")
-    if not 1 <= top_k_value <= settings.SEARCH_MAX_TOP_K:
-        raise _refused(gettext_noop("top_k must be between 1 and %(limit)d"),
-                       {"limit": settings.SEARCH_MAX_TOP_K}, limit="SEARCH_MAX_TOP_K")
+    check_limit("top_k", top_k_value, floor=1)
     return top_k_value
 
 
@@ -214,8 +293,10 @@ def check_min_score(value) -> float | None:
     return float(value)
 
 
-def kb_create(*, tenant, name: str, description: str = "", user, context: dict | None = None,
-              min_score: float | None = None) -> KnowledgeBase:
+def kb_create(*, scope: Scope, name: str, description: str = "", min_score: float | None = None
+              ) -> KnowledgeBase:
+    """A knowledge base in the acting tenant."""
+    tenant = scope.tenant
     min_score = check_min_score(min_score)
     name = (name or "").strip()
     if not name:
@@ -225,8 +306,8 @@ def kb_create(*, tenant, name: str, description: str = "", user, context: dict |
     try:
         with transaction.atomic():
             kb = KnowledgeBase.objects.create(tenant=tenant, name=name, description=description[:500],
-                                              created_by=user, min_score=min_score)
-            record_event(action="kb.create", tenant=tenant, user=user, context=context,
+                                              created_by=_person(scope), min_score=min_score)
+            record_event(action="kb.create", tenant=tenant, user=scope.user, context=scope.context,
                          resource_type="knowledge_base", resource_id=str(kb.pk), kb_id=kb.pk, kb_name=kb.name,
                          detail={"min_score": min_score} if min_score is not None else None)
     except IntegrityError:
@@ -234,10 +315,10 @@ def kb_create(*, tenant, name: str, description: str = "", user, context: dict |
     return kb
 
 
-def kb_delete(*, kb: KnowledgeBase, user, context: dict | None = None) -> None:
+def kb_delete(*, scope: Scope, kb: KnowledgeBase) -> None:
     with transaction.atomic():
         lines = kb.documents.count()
-        record_event(action="kb.delete", tenant=kb.tenant, user=user, context=context,
+        record_event(action="kb.delete", tenant=kb.tenant, user=scope.user, context=scope.context,
                      resource_type="knowledge_base", resource_id=str(kb.pk), kb_id=kb.pk, kb_name=kb.name,
                      kb_lines=lines)
         kb_id = kb.pk
@@ -245,8 +326,8 @@ def kb_delete(*, kb: KnowledgeBase, user, context: dict | None = None) -> None:
     kb_indexes.forget(kb_id)
 
 
-def documents_import(*, kb: KnowledgeBase, entries: list[Entry], user, context: dict | None = None,
-                     source: str = "", progress=None) -> ImportResult:
+def documents_import(*, scope: Scope, kb: KnowledgeBase, entries: list[Entry], source: str = "",
+                     progress=None) -> ImportResult:
     """Embed new entries in batches, then store them all in one transaction.
 
     Duplicates (same text already in the knowledge base or earlier in the
@@ -258,7 +339,7 @@ def documents_import(*, kb: KnowledgeBase, entries: list[Entry], user, context: 
     try:
         _check_entries(entries)
     except SearchInputError as exc:
-        record_refusal("doc.import", exc, detail={"source": source[:200]}, **_kb_fields(kb, user, context))
+        record_refusal(scope, "doc.import", exc, detail={"source": source[:200]}, **_kb_fields(kb))
         raise
     engine = get_engine()
     if kb.model_id and kb.model_id != engine.model_id:
@@ -301,7 +382,7 @@ def documents_import(*, kb: KnowledgeBase, entries: list[Entry], user, context: 
         if rows or not locked.model_id:
             KnowledgeBase.objects.filter(pk=kb.pk).update(
                 model_id=engine.model_id, dimensions=engine.dimensions, revision=new_revision())
-        record_event(action="doc.import", **_kb_fields(kb, user, context),
+        record_event(action="doc.import", user=scope.user, context=scope.context, **_kb_fields(kb),
                      kb_lines=Document.objects.filter(knowledge_base_id=kb.pk).count(), model_id=engine.model_id,
                      detail={"added": len(rows), "skipped_duplicates": len(skipped_lines),
                              "truncated": truncated, "source": source[:200]})
@@ -310,32 +391,30 @@ def documents_import(*, kb: KnowledgeBase, entries: list[Entry], user, context: 
                         skipped_lines=sorted(skipped_lines)[:100])
 
 
-def _kb_fields(kb: KnowledgeBase, user, context) -> dict:
-    return dict(tenant=kb.tenant, user=user, context=context, resource_type="knowledge_base",
-                resource_id=str(kb.pk), kb_id=kb.pk, kb_name=kb.name)
+def _kb_fields(kb: KnowledgeBase) -> dict:
+    return dict(tenant=kb.tenant, resource_type="knowledge_base", resource_id=str(kb.pk), kb_id=kb.pk,
+                kb_name=kb.name)
+
+
+def _person(scope: Scope):
+    """The scope's user as a row to point at (created_by); None for no one or an anonymous caller."""
+    return scope.user if getattr(scope.user, "is_authenticated", False) else None
 
 
 def _check_entries(entries: list[Entry]) -> None:
     if not entries:
         raise _refused(gettext_noop("no entries to import"), code="no_entries")
-    if len(entries) > settings.KB_MAX_IMPORT_ENTRIES:
-        raise _refused(gettext_noop("%(count)d entries; the limit is %(limit)d per import"),
-                       {"count": len(entries), "limit": settings.KB_MAX_IMPORT_ENTRIES},
-                       limit="KB_MAX_IMPORT_ENTRIES")
+    check_limit("import_entries", len(entries), count=len(entries))
     for entry in entries:
         if not entry.text.strip():
             raise _refused(gettext_noop("entry %(line)d is empty"), {"line": entry.line}, code="empty_entry")
-        if len(entry.text) > settings.KB_MAX_DOCUMENT_CHARS:
-            raise _refused(gettext_noop("entry %(line)d is %(chars)d characters; the limit is %(limit)d"),
-                           {"line": entry.line, "chars": len(entry.text), "limit": settings.KB_MAX_DOCUMENT_CHARS},
-                           limit="KB_MAX_DOCUMENT_CHARS")
+        check_limit("entry_chars", len(entry.text), line=entry.line, chars=len(entry.text))
         if REFUSED_CHARACTERS.search(entry.text):
             raise _refused(gettext_noop("entry %(line)d contains a NUL character: only text can be imported"),
                            {"line": entry.line}, code="nul_character")
 
 
-def documents_add(*, kb: KnowledgeBase, items: list, user, context: dict | None = None,
-                  source: str = "api") -> ImportResult:
+def documents_add(*, scope: Scope, kb: KnowledgeBase, items: list, source: str = "api") -> ImportResult:
     """Import documents given as JSON: strings, or objects with a "text" string."""
     entries = []
     try:
@@ -349,14 +428,13 @@ def documents_add(*, kb: KnowledgeBase, items: list, user, context: dict | None 
                                             "imported"), {"index": n}, code="nul_character")
             entries.append(Entry(n + 1, text.strip()))
     except SearchInputError as exc:
-        record_refusal("doc.import", exc, detail={"source": source[:200]}, **_kb_fields(kb, user, context))
+        record_refusal(scope, "doc.import", exc, detail={"source": source[:200]}, **_kb_fields(kb))
         raise
-    return documents_import(kb=kb, entries=entries, user=user, context=context, source=source)
+    return documents_import(scope=scope, kb=kb, entries=entries, source=source)
 
 
-def documents_import_file(*, kb: KnowledgeBase, name: str, file, size: int, max_bytes: int | None = None,
-                          fmt: str | None = None, user, context: dict | None = None, progress=None
-                          ) -> ImportResult:
+def documents_import_file(*, scope: Scope, kb: KnowledgeBase, name: str, file, size: int,
+                          max_bytes: int | None = None, fmt: str | None = None, progress=None) -> ImportResult:
     """Import a file (anything with ``read()``; None: no file was sent) of
     ``size`` bytes. A refused file (too large, not UTF-8, malformed) is
     audited and stores nothing."""
@@ -364,21 +442,19 @@ def documents_import_file(*, kb: KnowledgeBase, name: str, file, size: int, max_
     try:
         if file is None:
             raise _refused(gettext_noop("Choose a file to upload."), code="no_file")
-        if size > max_bytes:
-            raise _refused(gettext_noop("The file is %(size)d bytes; the limit is %(limit)d."),
-                           {"size": size, "limit": max_bytes}, limit="KB_MAX_UPLOAD_BYTES")
+        check_limit("upload_bytes", size, ceiling=max_bytes, size=size)
         entries = parse_entries(file.read(), fmt or detect_format(name), max_entries=settings.KB_MAX_IMPORT_ENTRIES,
                                 max_chars=settings.KB_MAX_DOCUMENT_CHARS)
     except (SearchInputError, ImportFileError) as exc:
-        record_refusal("doc.import", exc, detail={"source": (name or "")[:200]}, **_kb_fields(kb, user, context))
+        record_refusal(scope, "doc.import", exc, detail={"source": (name or "")[:200]}, **_kb_fields(kb))
         raise
-    return documents_import(kb=kb, entries=entries, user=user, context=context, source=name, progress=progress)
+    return documents_import(scope=scope, kb=kb, entries=entries, source=name, progress=progress)
 
 
-def document_delete(*, document: Document, user, context: dict | None = None) -> None:
+def document_delete(*, scope: Scope, document: Document) -> None:
     kb = document.knowledge_base
     with transaction.atomic():
-        record_event(action="doc.delete", tenant=kb.tenant, user=user, context=context,
+        record_event(action="doc.delete", tenant=kb.tenant, user=scope.user, context=scope.context,
                      resource_type="document", resource_id=str(document.pk), kb_id=kb.pk, kb_name=kb.name,
                      detail={"digest": document.digest, "source_line": document.source_line})
         document.delete()
@@ -397,80 +473,63 @@ def _search_fields(result: SearchResult) -> dict:
     }
 
 
-def record_form_refusal(action: str, resource_type: str, fields: list[str], **audit) -> None:
+def record_form_refusal(scope: Scope, action: str, resource_type: str, fields: list[str]) -> None:
     """Audit a page's form refused before any service ran (a choice not offered)."""
     reason = "invalid form fields: " + ", ".join(sorted(map(str, fields)))
-    record_refusal(action, SearchInputError(reason, code="invalid_request"), resource_type=resource_type, **audit)
+    record_refusal(scope, action, SearchInputError(reason, code="invalid_request"), resource_type=resource_type)
 
 
-def _check_or_record(action: str, query, top_k_value, **fields) -> tuple[str, int]:
+def _check_or_record(scope: Scope, action: str, query, top_k_value, **fields) -> tuple[str, int]:
     """Validated (query, top_k); a refused request is recorded (outcome ``rejected``)."""
     try:
         return check_query(query), check_top_k(top_k_value)
     except SearchInputError as exc:
-        record_refusal(action, exc, query=query, **fields)
+        record_refusal(scope, action, exc, query=query, **fields)
         raise
 
 
 @counted_search("kb")
-def search_kb(*, kb: KnowledgeBase, query: str, top_k: int, user, context: dict | None = None) -> SearchResult:
+def search_kb(*, scope: Scope, kb: KnowledgeBase, query: str, top_k: int) -> SearchResult:
     """Top-k documents of ``kb`` for ``query``: audit first, model second."""
     started = time.perf_counter()
-    query, top_k = _check_or_record("search.failed", query, top_k, tenant=kb.tenant, user=user, context=context,
-                                    kb_id=kb.pk, kb_name=kb.name, resource_type="knowledge_base",
-                                    resource_id=str(kb.pk))
+    query, top_k = _check_or_record(scope, "search.failed", query, top_k, tenant=kb.tenant, kb_id=kb.pk,
+                                    kb_name=kb.name, resource_type="knowledge_base", resource_id=str(kb.pk))
     engine = get_engine()
     if kb.model_id and kb.model_id != engine.model_id:
         raise ModelMismatch(f"knowledge base {kb.name!r} was built with {kb.model_id}; "
                             f"the portal serves {engine.model_id}")
-    line_count = len(kb_indexes.get(kb))
-    common = dict(tenant=kb.tenant, user=user, context=context, query=query, kb_id=kb.pk, kb_name=kb.name,
-                  kb_lines=line_count, resource_type="knowledge_base", resource_id=str(kb.pk),
-                  model_id=engine.model_id)
-    record_event(action="search.submitted", **common)
-    try:
+    with audited(scope, "search", tenant=kb.tenant, started=started, query=query, kb_id=kb.pk, kb_name=kb.name,
+                 kb_lines=len(kb_indexes.get(kb)), resource_type="knowledge_base", resource_id=str(kb.pk),
+                 model_id=engine.model_id) as completion:
         embedded = engine.embed([query], kind="query")
         hits, line_count = kb_indexes.search(kb, embedded.vectors[0], top_k)
-    except Exception as exc:
-        record_event(action="search.failed", outcome=Outcome.FAILURE, **common,
-                     latency_ms=(time.perf_counter() - started) * 1e3, detail={"error": exc.__class__.__name__})
-        raise
-    result = _finish(SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, line_count,
-                                  embedded.truncated[0]), engine, query, kb)
-    record_event(action="search.completed", **{**common, **_search_fields(result)},
-                 detail={"query_truncated": True} if result.query_truncated else None)
+        result = _finish(SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, line_count,
+                                      embedded.truncated[0]), engine, query, kb)
+        completion.report(**_search_fields(result),
+                          detail={"query_truncated": True} if result.query_truncated else None)
     return result
 
 
 @counted_search("radar")
-def radar_search(*, tenant, documents: list, query: str, top_k: int, user, context: dict | None = None
-                 ) -> SearchResult:
+def radar_search(*, scope: Scope, documents: list, query: str, top_k: int) -> SearchResult:
     """Search lines given with the request; nothing about them is stored but the audit record."""
     started = time.perf_counter()
-    query, top_k = _check_or_record("radar.failed", query, top_k, tenant=tenant, user=user, context=context,
-                                    resource_type="radar")
+    query, top_k = _check_or_record(scope, "radar.failed", query, top_k, resource_type="radar")
     try:
         lines = _radar_lines(documents)
     except SearchInputError as exc:
-        record_refusal("radar.failed", exc, query=query, tenant=tenant, user=user, context=context,
-                       resource_type="radar")
+        record_refusal(scope, "radar.failed", exc, query=query, resource_type="radar")
         raise
     engine = get_engine()
-    common = dict(tenant=tenant, user=user, context=context, query=query, kb_lines=len(lines),
-                  resource_type="radar", model_id=engine.model_id)
-    record_event(action="radar.submitted", **common)
-    try:
+    with audited(scope, "radar", started=started, query=query, kb_lines=len(lines), resource_type="radar",
+                 model_id=engine.model_id) as completion:
         docs = engine.embed(lines, kind="document")
         embedded = engine.embed([query], kind="query")
         order, scores = best_rows(docs.vectors, embedded.vectors[0], top_k)
-    except Exception as exc:
-        record_event(action="radar.failed", outcome=Outcome.FAILURE, **common,
-                     latency_ms=(time.perf_counter() - started) * 1e3, detail={"error": exc.__class__.__name__})
-        raise
-    hits = [Hit(int(i) + 1, lines[i], float(s), int(i) + 1) for i, s in zip(order, scores)]
-    result = _finish(SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, len(lines),
-                                  embedded.truncated[0]), engine, query)
-    record_event(action="radar.completed", **{**common, **_search_fields(result)})
+        hits = [Hit(int(i) + 1, lines[i], float(s), int(i) + 1) for i, s in zip(order, scores)]
+        result = _finish(SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, len(lines),
+                                      embedded.truncated[0]), engine, query)
+        completion.report(**_search_fields(result))
     return result
 
 
@@ -480,13 +539,9 @@ def _radar_lines(documents) -> list[str]:
     lines = [d.strip() for d in documents if d.strip()]
     if not lines:
         raise _refused(gettext_noop("documents is empty: give at least one non-empty line"), code="documents_empty")
-    if len(lines) > settings.RADAR_MAX_LINES:
-        raise _refused(gettext_noop("%(count)d lines; the limit is %(limit)d"),
-                       {"count": len(lines), "limit": settings.RADAR_MAX_LINES}, limit="RADAR_MAX_LINES")
+    check_limit("radar_lines", len(lines), count=len(lines))
     longest = max(len(line) for line in lines)
-    if longest > settings.KB_MAX_DOCUMENT_CHARS:
-        raise _refused(gettext_noop("a line is %(chars)d characters; the limit is %(limit)d"),
-                       {"chars": longest, "limit": settings.KB_MAX_DOCUMENT_CHARS}, limit="KB_MAX_DOCUMENT_CHARS")
+    check_limit("radar_line_chars", longest, chars=longest)
     return lines
 
 
@@ -501,17 +556,13 @@ def _check_embedding_inputs(inputs) -> list[str]:
                        code="input_not_strings")
     if any(not i.strip() for i in inputs):
         raise _refused(gettext_noop("input holds an empty string"), code="input_empty_string")
-    if len(inputs) > settings.EMBEDDINGS_MAX_INPUTS:
-        raise _refused(gettext_noop("%(count)d inputs; the limit is %(limit)d per request"),
-                       {"count": len(inputs), "limit": settings.EMBEDDINGS_MAX_INPUTS}, limit="EMBEDDINGS_MAX_INPUTS")
+    check_limit("embedding_inputs", len(inputs), count=len(inputs))
     longest = max(len(i) for i in inputs)
-    if longest > settings.KB_MAX_DOCUMENT_CHARS:
-        raise _refused(gettext_noop("an input is %(chars)d characters; the limit is %(limit)d"),
-                       {"chars": longest, "limit": settings.KB_MAX_DOCUMENT_CHARS}, limit="KB_MAX_DOCUMENT_CHARS")
+    check_limit("embedding_chars", longest, chars=longest)
     return inputs
 
 
-def embeddings_create(*, tenant, inputs, dimensions: int | None, user, context: dict | None = None):
+def embeddings_create(*, scope: Scope, inputs, dimensions: int | None):
     """Vectors for the OpenAI-compatible route; the inputs themselves are not stored."""
     try:
         inputs = _check_embedding_inputs(inputs)
@@ -521,20 +572,15 @@ def embeddings_create(*, tenant, inputs, dimensions: int | None, user, context: 
             raise _refused(gettext_noop("dimensions must be an integer from 1 to %(limit)d"),
                            {"limit": engine.dimensions}, code="dimensions_out_of_range")
     except SearchInputError as exc:
-        record_refusal("embeddings.create", exc, tenant=tenant, user=user, context=context,
-                       resource_type="embeddings")
+        record_refusal(scope, "embeddings.create", exc, resource_type="embeddings")
         raise
     started = time.perf_counter()
-    common = dict(tenant=tenant, user=user, context=context, resource_type="embeddings",
-                  model_id=engine.model_id, kb_lines=len(inputs))
-    try:
+    with audited(scope, "embeddings.create", started=started, submitted=False,
+                 failure_detail={"inputs": len(inputs)}, resource_type="embeddings", model_id=engine.model_id,
+                 kb_lines=len(inputs)) as completion:
         result = engine.embed(inputs, kind="document", dimensions=dimensions)
-    except Exception as exc:
-        record_event(action="embeddings.create", outcome=Outcome.FAILURE, **common,
-                     detail={"inputs": len(inputs), "error": exc.__class__.__name__})
-        raise
-    record_event(action="embeddings.create", **common, result_count=len(inputs),
-                 latency_ms=round((time.perf_counter() - started) * 1e3, 3),
-                 detail={"inputs": len(inputs), "tokens": sum(result.token_counts),
-                         "dimensions": dimensions or engine.dimensions, "truncated": sum(result.truncated)})
+        completion.report(result_count=len(inputs), latency_ms=round((time.perf_counter() - started) * 1e3, 3),
+                          detail={"inputs": len(inputs), "tokens": sum(result.token_counts),
+                                  "dimensions": dimensions or engine.dimensions,
+                                  "truncated": sum(result.truncated)})
     return result, engine

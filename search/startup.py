@@ -4,10 +4,10 @@ from pathlib import Path
 
 from django.conf import settings
 
-from audit.ledger.context import command_context
-from audit.ledger.models import Outcome
+from audit.models import Outcome
 from audit.ledger.services import AuditUnavailable, record_event
 from keystore.keys import get_keyring
+from portal.scope import command_scope
 from search.engine import open_engine
 
 logger = logging.getLogger(__name__)
@@ -72,9 +72,8 @@ def demo_knowledge_base(tenants) -> list[str]:
             open_engine(path, get_keyring().model_key, "cpu")
         except Exception as exc:  # noqa: BLE001  wrong key, tampered bundle…: one line, no traceback
             raise DemoSetupError(f"the model bundle at EMBED_MODEL_PATH={path} did not open: {exc}") from None
-    context = command_context("demo_setup")
-    kb = kb_create(tenant=acme, name=DEMO_KB_NAME, description="60 questions staff ask the IT desk",
-                   user=None, context=context)
+    scope = command_scope("demo_setup", tenant=acme)
+    kb = kb_create(scope=scope, name=DEMO_KB_NAME, description="60 questions staff ask the IT desk")
     entries = parse_entries(DEMO_KB_FILE.read_bytes(), "txt", max_entries=10_000, max_chars=10_000)
-    result = documents_import(kb=kb, entries=entries, user=None, context=context, source=DEMO_KB_FILE.name)
+    result = documents_import(scope=scope, kb=kb, entries=entries, source=DEMO_KB_FILE.name)
     return [f"created knowledge base {DEMO_KB_NAME!r} in acme with {result.added} entries"]

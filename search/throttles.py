@@ -1,5 +1,7 @@
 from rest_framework.throttling import SimpleRateThrottle
 
+from portal.models import ApiToken
+
 
 class TokenOrUserRateThrottle(SimpleRateThrottle):
     """One budget per API token, or per user for session requests, shared by
@@ -12,8 +14,8 @@ class TokenOrUserRateThrottle(SimpleRateThrottle):
     scope = "token_or_user"
 
     def get_cache_key(self, request, view):
-        token = getattr(request._request, "api_token", None)
-        if token is not None:
+        token = request.auth  # set by DRF's authentication, which runs before the throttles
+        if isinstance(token, ApiToken):
             ident = f"token:{token.pk}"
         elif request.user and request.user.is_authenticated:
             ident = f"user:{request.user.pk}"

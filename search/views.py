@@ -10,10 +10,9 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from audit.ledger.context import request_context
+from portal.access import capability_required
 from portal.api_errors import problem
 from portal.landing import landing_url
-from portal.tenancy import has_capability, require_capability
 from search import selectors, services
 from search.failures import failure_status
 from search.forms import KbCreateForm, RadarForm, SearchForm, UploadForm
@@ -30,28 +29,30 @@ def _failure_message(exc) -> tuple[int, str]:
 def _form_refused(request, form, action: str, resource_type: str) -> tuple[int, str | None]:
     """A form the page refuses is audited like the service's refusals; 400 (503 without audit)."""
     try:
-        services.record_form_refusal(action, resource_type, list(form.errors), tenant=request.tenant,
-                                     user=request.user, context=request_context(request))
+        services.record_form_refusal(request.scope, action, resource_type, list(form.errors))
     except Exception as exc:
         return _failure_message(exc)
     return 400, None
 
 
+def _no_search(request):
+    start = landing_url(request)  # a compliance officer's work is the dashboard
+    return redirect(start) if start != request.path else render(request, "search/no_search.html")
+
+
 @login_required
+@capability_required("search", refused=_no_search)
 def home(request):
-    if not has_capability(request, "search"):
-        start = landing_url(request)  # a compliance officer's work is the dashboard
-        return redirect(start) if start != request.path else render(request, "search/no_search.html")
-    kbs = list(selectors.kb_list(request))
+    scope = request.scope
+    kbs = list(selectors.kb_list(scope))
     form = SearchForm(request.POST or None, kbs=kbs, initial={"kb": kbs[0].pk if kbs else None})
     result, error, status = None, None, 200
     if request.method == "POST":
         if form.is_valid():
-            kb = selectors.kb_get(request, form.cleaned_data["kb"])
+            kb = selectors.kb_get(scope, form.cleaned_data["kb"])
             try:
-                result = services.search_kb(kb=kb, query=form.cleaned_data["query"],
-                                            top_k=form.cleaned_data["top_k"], user=request.user,
-                                            context=request_context(request))
+                result = services.search_kb(scope=scope, kb=kb, query=form.cleaned_data["query"],
+                                            top_k=form.cleaned_data["top_k"])
             except Exception as exc:
                 status, error = _failure_message(exc)
         else:
@@ -62,17 +63,17 @@ def home(request):
 
 
 @login_required
+@capability_required("search")
 def radar(request):
-    require_capability(request, "search")
+    scope = request.scope
     form = RadarForm(request.POST or None)
     result, error, status = None, None, 200
     if request.method == "POST":
         if form.is_valid():
             try:
                 result = services.radar_search(
-                    tenant=request.tenant, documents=form.cleaned_data["documents"].splitlines(),
-                    query=form.cleaned_data["query"], top_k=form.cleaned_data["top_k"], user=request.user,
-                    context=request_context(request))
+                    scope=scope, documents=form.cleaned_data["documents"].splitlines(),
+                    query=form.cleaned_data["query"], top_k=form.cleaned_data["top_k"])
             except Exception as exc:
                 status, error = _failure_message(exc)
         else:
@@ -83,17 +84,16 @@ def radar(request):
 
 
 @login_required
+@capability_required("kb.read", POST=("kb.read", "kb.manage"))
 def kb_list_page(request):
-    require_capability(request, "kb.read")
+    scope = request.scope
     form = KbCreateForm(request.POST or None)
     status = 200
     if request.method == "POST":
-        require_capability(request, "kb.manage")
         if form.is_valid():
             try:
-                kb = services.kb_create(tenant=request.tenant, name=form.cleaned_data["name"],
-                                        description=form.cleaned_data["description"], user=request.user,
-                                        context=request_context(request),
+                kb = services.kb_create(scope=scope, name=form.cleaned_data["name"],
+                                        description=form.cleaned_data["description"],
                                         min_score=form.cleaned_data["min_score"])
             except services.SearchInputError as exc:
                 form.add_error("name", str(exc))
@@ -102,15 +102,15 @@ def kb_list_page(request):
                                  % {"name": kb.name})
                 return redirect("kb-detail", kb_id=kb.pk)
         status = 400
-    return render(request, "search/kb_list.html", {"kbs": selectors.kb_list(request), "form": form,
+    return render(request, "search/kb_list.html", {"kbs": selectors.kb_list(scope), "form": form,
                                                    "served_model": services.served_model()}, status=status)
 
 
 @login_required
+@capability_required("kb.read")
 def kb_detail_page(request, kb_id: int):
-    require_capability(request, "kb.read")
-    kb = selectors.kb_get(request, kb_id)
-    page = Paginator(selectors.document_list(request, kb), 50).get_page(request.GET.get("page"))
+    kb = selectors.kb_get(request.scope, kb_id)
+    page = Paginator(selectors.document_list(request.scope, kb), 50).get_page(request.GET.get("page"))
     return render(request, "search/kb_detail.html", {
         "kb": kb, "page": page, "upload_form": UploadForm(),
         "max_upload_mb": settings.KB_MAX_UPLOAD_BYTES // (1024 * 1024),
@@ -119,15 +119,14 @@ def kb_detail_page(request, kb_id: int):
 
 @login_required
 @require_POST
+@capability_required("kb.manage")
 def kb_upload(request, kb_id: int):
     """Multipart upload; answers JSON (the page shows progress with XHR)."""
-    require_capability(request, "kb.manage")
-    kb = selectors.kb_get(request, kb_id)
+    kb = selectors.kb_get(request.scope, kb_id)
     upload = request.FILES.get("file")
     try:
-        result = services.documents_import_file(kb=kb, name=upload.name if upload else "", file=upload,
-                                                size=upload.size if upload else 0, user=request.user,
-                                                context=request_context(request))
+        result = services.documents_import_file(scope=request.scope, kb=kb, name=upload.name if upload else "",
+                                                file=upload, size=upload.size if upload else 0)
     except Exception as exc:
         status, message = _failure_message(exc)
         return JsonResponse(problem(status, message), status=status, content_type="application/problem+json")
@@ -138,21 +137,21 @@ def kb_upload(request, kb_id: int):
 
 @login_required
 @require_POST
+@capability_required("kb.manage")
 def kb_delete(request, kb_id: int):
-    require_capability(request, "kb.manage")
-    kb = selectors.kb_get(request, kb_id)
-    services.kb_delete(kb=kb, user=request.user, context=request_context(request))
+    kb = selectors.kb_get(request.scope, kb_id)
+    services.kb_delete(scope=request.scope, kb=kb)
     messages.success(request, _("Knowledge base “%(name)s” deleted.") % {"name": kb.name})
     return redirect("kb-list")
 
 
 @login_required
 @require_POST
+@capability_required("kb.manage")
 def document_delete(request, kb_id: int, doc_id: int):
-    require_capability(request, "kb.manage")
-    kb = selectors.kb_get(request, kb_id)
-    document = selectors.document_get(request, kb, doc_id)
-    services.document_delete(document=document, user=request.user, context=request_context(request))
+    kb = selectors.kb_get(request.scope, kb_id)
+    document = selectors.document_get(request.scope, kb, doc_id)
+    services.document_delete(scope=request.scope, document=document)
     messages.success(request, _("Entry deleted."))
     # Back to the page the entry was on (the form says which), not page 1.
     page = request.POST.get("page", "")

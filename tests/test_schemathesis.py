@@ -42,6 +42,7 @@ def portal(live_server, served, tenants, make_user, make_token, tmp_path, monkey
     from keystore.keys import get_keyring
     from keystore.signing import generate_signing_key
     from search.parsing import Entry
+    from portal.scope import Scope
     from search.services import documents_import, kb_create
     from search.throttles import TokenOrUserRateThrottle
 
@@ -49,8 +50,8 @@ def portal(live_server, served, tenants, make_user, make_token, tmp_path, monkey
     carol = make_user("carol", acme, "curator")
     chris = make_user("chris", acme, "compliance")
     sam = make_user("sam", acme, "searcher")
-    kb = kb_create(tenant=acme, name="FAQ", user=carol)
-    documents_import(kb=kb, user=carol, entries=[Entry(n, text) for n, text in enumerate([
+    kb = kb_create(scope=Scope(tenant=acme, user=carol), name="FAQ")
+    documents_import(scope=Scope(tenant=kb.tenant, user=carol), kb=kb, entries=[Entry(n, text) for n, text in enumerate([
         "How do I reset my password? Use the self-service portal.",
         "The VPN token is renewed every 90 days by the help desk.",
         "Printers on the third floor need a badge to release jobs.",

@@ -11,27 +11,20 @@ from rest_framework import exceptions, serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from audit.ledger import services
 from audit.ledger.checkpoints import SigningUnavailable
-from audit.ledger.context import request_context
 from audit.ledger.export import ExportError, parse_bound, range_events
-from audit.ledger.models import MAC_FIELDS, AuditEvent, Outcome
+from audit.models import MAC_FIELDS, AuditEvent, Outcome
 from audit.review.presign import PresignInvalid, presign_check, presign_params, presign_query
 from audit.review.selectors import event_list
 from keystore.envelope import EnvelopeError
-from portal.tenancy import require_capability
+from portal.api_base import TenantApiView
 
 
 class ServiceUnavailable(exceptions.APIException):
     status_code = 503
     default_detail = "The audit export is not available."
-
-
-def _acting_compliance_tenant(request):
-    require_capability(request._request, "audit.review", hide=True)
-    return request._request.tenant
 
 
 # Examples of a range, so generated requests (schemathesis) reach the answers a valid range gets.
@@ -46,7 +39,9 @@ class AuditEventPagination(CursorPagination):
     max_page_size = 1000
 
 
-class AuditEventListApi(APIView):
+class AuditEventListApi(TenantApiView):
+    capabilities = {"GET": "audit.review"}
+
     class FilterSerializer(serializers.Serializer):
         to = serializers.CharField(required=False, max_length=40)
         action = serializers.CharField(required=False, max_length=64)
@@ -86,13 +81,12 @@ class AuditEventListApi(APIView):
                        "from", "to", "action", "outcome", "user_id", "username", "kb_id", "request_id",
                        "client_ip", "q", "cursor", "limit")], responses=OutputSerializer(many=True))
     def get(self, request):
-        tenant = _acting_compliance_tenant(request)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         paginator = AuditEventPagination()
-        page = paginator.paginate_queryset(event_list(tenant=tenant, filters=filters.validated_data), request, self)
+        page = paginator.paginate_queryset(event_list(self.scope, filters=filters.validated_data), request, self)
         services.audit_view_record(
-            user=request.user, tenants=[tenant], context=request_context(request._request), page="api.events",
+            user=self.scope.user, tenants=[self.scope.tenant], context=self.scope.context, page="api.events",
             detail={"filters": {k: str(v) for k, v in filters.validated_data.items()}, "shown": len(page)})
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
@@ -107,12 +101,16 @@ def bundle_response(out, tenant, result) -> FileResponse:
     return response
 
 
-class AuditExportApi(APIView):
+class AuditExportApi(TenantApiView):
     """A range export: by the compliance role, or by a presigned URL (no login)."""
 
     permission_classes = [AllowAny]
+    capabilities = {"GET": "audit.review"}  # unless the URL is presigned: its signature is the credential
 
     extra_problem_statuses = [403]  # a presigned URL that does not verify (portal.openapi)
+
+    def needs_capability(self, request) -> bool:
+        return "sig" not in request.query_params
 
     @extend_schema(summary="Download a signed audit export of a time range", tags=["audit"],
                    parameters=[OpenApiParameter(name, str, required=name in ("from", "to"),
@@ -120,7 +118,7 @@ class AuditExportApi(APIView):
         "from", "to", "recipient", "tenant", "expires", "by", "sig")],
         responses={(200, "application/octet-stream"): bytes})
     def get(self, request):
-        context = request_context(request._request)
+        context = self.scope.context
         if "sig" in request.query_params:
             try:
                 grant = presign_check(request.query_params)
@@ -131,9 +129,7 @@ class AuditExportApi(APIView):
             tenant, user, via = grant.tenant, grant.user, "presigned-url"
             start_text, end_text, recipient = grant.start_text, grant.end_text, grant.recipient
         else:
-            if not request.user.is_authenticated:
-                raise exceptions.NotAuthenticated()
-            tenant, user, via = _acting_compliance_tenant(request), request.user, "api"
+            tenant, user, via = self.scope.tenant, self.scope.user, "api"
             start_text, end_text = request.query_params.get("from", ""), request.query_params.get("to", "")
             recipient = request.query_params.get("recipient", "")
         out = tempfile.TemporaryFile()
@@ -155,7 +151,9 @@ class AuditExportApi(APIView):
         return bundle_response(out, tenant, result)
 
 
-class AuditExportPresignApi(APIView):
+class AuditExportPresignApi(TenantApiView):
+    capabilities = {"POST": "audit.review"}
+
     @extend_schema_serializer(component_name="AuditExportPresignInput")
     class InputSerializer(serializers.Serializer):
         to = serializers.CharField(max_length=40)
@@ -173,7 +171,7 @@ class AuditExportPresignApi(APIView):
                    examples=[OpenApiExample("a decade", request_only=True, value={
                        "from": "2020-01-01", "to": "2030-12-31", "expires_in": 600})])
     def post(self, request):
-        tenant = _acting_compliance_tenant(request)
+        tenant = self.scope.tenant
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
@@ -182,13 +180,13 @@ class AuditExportPresignApi(APIView):
                 from keystore.envelope import parse_recipient_public_key
 
                 parse_recipient_public_key(values["recipient"])
-            params = presign_params(tenant=tenant, user=request.user, start_text=values["from"],
+            params = presign_params(tenant=tenant, user=self.scope.user, start_text=values["from"],
                                     end_text=values["to"], recipient=values["recipient"],
                                     expires_in=values["expires_in"])
         except (ExportError, EnvelopeError) as exc:
             raise exceptions.ValidationError({"detail": str(exc)}) from None
-        services.record_event(action="audit.presign", tenant=tenant, user=request.user,
-                              context=request_context(request._request), resource_type="audit_export",
+        services.record_event(action="audit.presign", tenant=tenant, user=self.scope.user,
+                              context=self.scope.context, resource_type="audit_export",
                               detail={"from": params["from"], "to": params["to"], "expires": params["expires"],
                                       "recipient": params["recipient"]})
         url = request.build_absolute_uri("/api/v1/audit/export") + "?" + presign_query(params)

@@ -22,8 +22,9 @@ from audit.ledger.checkpoints import latest_checkpoint
 from audit.ledger.models import GENESIS_HASH, MAC_FIELDS, AuditEvent, Outcome
 from audit.ledger.verify import archived_through, verify_chain
 from keystore.keys import get_keyring
-from portal.grants import reviewable_tenant_ids
 from portal.models import Tenant
+from portal.scope import scoped
+from portal.grants import reviewable_tenant_ids
 
 SEARCH_ACTIONS = ("search.completed", "search.failed")
 # Events that record reading the audit log itself: every page an officer opens
@@ -162,9 +163,11 @@ def event_integrity(event: AuditEvent) -> EventIntegrity:
 
 # --- the API's filtered list ----------------------------------------------------
 
-def event_list(*, tenant, filters: dict):
-    """A tenant's events, filtered; the API paginates by seq."""
-    events = AuditEvent.objects.filter(chain=tenant.pk, tenant=tenant)
+def event_list(scope, *, filters: dict):
+    """The acting tenant's events (audit.review), filtered; the API paginates by seq."""
+    events = scoped(scope, AuditEvent, "audit.review")
+    if scope.tenant is not None:
+        events = events.filter(chain=scope.tenant.pk)
     if filters.get("from"):
         events = events.filter(occurred_at__gte=filters["from"])
     if filters.get("to"):
@@ -192,10 +195,12 @@ class DayCount:
         return self.completed + self.failed
 
 
-def dashboard(*, tenant, days: int = 30) -> dict:
+def dashboard(scope, *, days: int = 30) -> dict:
+    """The acting tenant's audit at a glance; the caller has checked audit.review."""
+    tenant = scope.tenant
     since_day = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=days - 1)
     since = dt.datetime.combine(since_day, dt.time.min, tzinfo=dt.timezone.utc)
-    recent = AuditEvent.objects.filter(tenant=tenant, occurred_at__gte=since)
+    recent = scoped(scope, AuditEvent, "audit.review").filter(occurred_at__gte=since)
     per_day = {since_day + dt.timedelta(days=i): DayCount(since_day + dt.timedelta(days=i), 0, 0)
                for i in range(days)}
     rows = (recent.filter(action__in=SEARCH_ACTIONS).annotate(day=TruncDate("occurred_at"))

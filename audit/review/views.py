@@ -4,20 +4,19 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from audit.ledger import services
-from audit.ledger.context import request_context
 from audit.review import selectors
-from portal.tenancy import require_capability
+from portal.access import capability_required
 
 CHART_WIDTH, CHART_HEIGHT = 720, 180
 
 
 @login_required
 @require_GET
+@capability_required("audit.review")
 def dashboard(request):
-    require_capability(request, "audit.review")
-    stats = selectors.dashboard(tenant=request.tenant, days=30)
-    services.audit_view_record(user=request.user, tenants=[request.tenant], context=request_context(request),
-                               page="dashboard")
+    scope = request.scope
+    stats = selectors.dashboard(scope, days=30)
+    services.audit_view_record(user=scope.user, tenants=[scope.tenant], context=scope.context, page="dashboard")
     step = CHART_WIDTH / stats["days"]
     bars = []
     for index, day in enumerate(stats["per_day"]):

@@ -158,13 +158,14 @@ def test_a_tail_cut_after_a_stored_checkpoint_fails_without_a_checkpoint_file(te
 def test_a_tenant_with_activity_but_no_events_is_reported(tenants, make_user, make_token, activity):
     """No checkpoint at all (no signing key, or none written yet): the tenant's
     own rows still say that it had a chain."""
+    from portal.scope import Scope
     from search.services import kb_create
 
     user = make_user("alice", tenants["acme"], "admin")
     if activity == "token":
         make_token(user, tenants["acme"])
     else:
-        kb_create(tenant=tenants["acme"], name="FAQ", user=user)
+        kb_create(scope=Scope(tenant=tenants["acme"], user=user), name="FAQ")
     record_event(action="auth.login", tenant=tenants["globex"])
     assert not AuditCheckpoint.objects.exists()
     assert run("audit_verify")[0] == 0

@@ -3,11 +3,10 @@ exactly what the ORM returns, and nothing of another tenant."""
 import datetime as dt
 
 from django.contrib.auth import get_user_model
-from django.test import RequestFactory
 
 from portal.models import ApiToken, Membership, Tenant
 from portal.rows import column_values, row_get
-from portal.tenancy import scoped_row
+from portal.scope import Scope, scoped_row
 from search.models import KnowledgeBase
 
 
@@ -47,10 +46,9 @@ def test_column_values(tenants, make_user):
 def test_scoped_row_never_crosses_tenants(tenants):
     acme_kb = KnowledgeBase.objects.create(tenant=tenants["acme"], name="Shared name")
     globex_kb = KnowledgeBase.objects.create(tenant=tenants["globex"], name="Shared name")
-    request = RequestFactory().get("/")
-    request.tenant = tenants["acme"]
-    assert scoped_row(KnowledgeBase, request, pk=acme_kb.pk).revision == acme_kb.revision
-    assert scoped_row(KnowledgeBase, request, name="Shared name").pk == acme_kb.pk
-    assert scoped_row(KnowledgeBase, request, pk=globex_kb.pk) is None
-    request.tenant = None
-    assert scoped_row(KnowledgeBase, request, pk=acme_kb.pk) is None
+    scope = Scope(tenant=tenants["acme"], user=None, roles=frozenset({"searcher"}))
+    assert scoped_row(scope, KnowledgeBase, "kb.read", pk=acme_kb.pk).revision == acme_kb.revision
+    assert scoped_row(scope, KnowledgeBase, "kb.read", name="Shared name").pk == acme_kb.pk
+    assert scoped_row(scope, KnowledgeBase, "kb.read", pk=globex_kb.pk) is None
+    assert scoped_row(Scope(tenant=None, user=None, roles=frozenset({"searcher"})), KnowledgeBase, "kb.read",
+                      pk=acme_kb.pk) is None

@@ -88,3 +88,54 @@ def test_other_tenants_object_is_404(route, params, tenants, make_user, login, m
     assert found_404, f"{url}: no method answered 404 (all 405?)"
     for name, obj in made.items():
         assert factories[name][1](obj), f"{name} of the other tenant was changed"
+
+
+# --- every entry point declares the capability it needs (issue 11, item 2) ----------
+
+
+def test_every_route_declares_a_capability_or_is_public():
+    from portal.access import undeclared_routes
+
+    missing = undeclared_routes(get_resolver().url_patterns)
+    assert not missing, ("routes whose view declares no capability (use portal.access.capability_required or "
+                         f"portal.api_base.TenantApiView, or name it in PUBLIC_ROUTES): {missing}")
+
+
+def test_the_walk_fails_on_a_view_that_declares_no_capability():
+    from django.http import HttpResponse
+    from django.urls import include, path
+    from rest_framework.views import APIView
+
+    from portal.access import capability_required, undeclared_routes
+    from portal.api_base import TenantApiView
+
+    def forgotten_page(request):
+        return HttpResponse()
+
+    @capability_required("kb.read")
+    def declared_page(request):
+        return HttpResponse()
+
+    class ForgottenApi(APIView):
+        pass
+
+    class EmptyApi(TenantApiView):  # the base alone declares nothing
+        pass
+
+    class DeclaredApi(TenantApiView):
+        capabilities = {"GET": "kb.read"}
+
+    def healthz(request):
+        return HttpResponse()
+
+    urlconf = [
+        path("page/forgotten/", forgotten_page),
+        path("page/declared/", declared_page),
+        path("nested/", include([path("api/forgotten", ForgottenApi.as_view()),
+                                 path("api/empty", EmptyApi.as_view())])),
+        path("api/declared", DeclaredApi.as_view()),
+        path("healthz", healthz, name="healthz"),  # in PUBLIC_ROUTES
+    ]
+    missing = undeclared_routes(urlconf)
+    assert [route.split(" ")[0] for route in missing] == ["page/forgotten/", "nested/api/forgotten",
+                                                         "nested/api/empty"]

@@ -37,11 +37,12 @@ def people(tenants, make_user):
 @pytest.fixture
 def faq_kb(served, tenants, people):
     from search.parsing import parse_entries
+    from portal.scope import Scope
     from search.services import documents_import, kb_create
 
-    kb = kb_create(tenant=tenants["acme"], name="FAQ", user=people["carol"])
+    kb = kb_create(scope=Scope(tenant=tenants["acme"], user=people["carol"]), name="FAQ")
     entries = parse_entries((DATA / "faq-kb.txt").read_bytes(), "txt", max_entries=1000, max_chars=10000)
-    documents_import(kb=kb, entries=entries, user=people["carol"])
+    documents_import(scope=Scope(tenant=kb.tenant, user=people["carol"]), kb=kb, entries=entries)
     kb.refresh_from_db()
     return kb
 

@@ -1,6 +1,7 @@
 """The per-worker index: exact top-k, and never a stale row."""
 import numpy as np
 
+from portal.scope import Scope
 from search.index import KbIndexCache, best_rows
 from search.models import KnowledgeBase
 from search.parsing import Entry
@@ -24,15 +25,17 @@ def test_a_reused_knowledge_base_id_never_serves_the_old_rows(served, people, te
     """Another worker deleted the knowledge base (this worker's cache was not
     told) and a new one got the same id: the new rows are served."""
     cache = KbIndexCache()
-    old = kb_create(tenant=tenants["globex"], name="old", user=people["bob"])
-    documents_import(kb=old, entries=[Entry(1, "secret globex merger plan")], user=people["bob"])
+    old = kb_create(scope=Scope(tenant=tenants["globex"], user=people["bob"]), name="old")
+    documents_import(scope=Scope(tenant=old.tenant, user=people["bob"]), kb=old,
+                     entries=[Entry(1, "secret globex merger plan")])
     old.refresh_from_db()
     hits, _ = cache.search(old, served.embed(["merger"]).vectors[0], 5)
     assert hits[0].text == "secret globex merger plan"
     reused_id = old.pk
     KnowledgeBase.objects.filter(pk=reused_id).delete()
     new = KnowledgeBase.objects.create(pk=reused_id, tenant=tenants["acme"], name="new")
-    documents_import(kb=new, entries=[Entry(1, "canteen opening hours")], user=people["carol"])
+    documents_import(scope=Scope(tenant=new.tenant, user=people["carol"]), kb=new,
+                     entries=[Entry(1, "canteen opening hours")])
     new.refresh_from_db()
     hits, count = cache.search(new, served.embed(["merger"]).vectors[0], 5)
     assert count == 1 and [h.text for h in hits] == ["canteen opening hours"]
@@ -42,8 +45,9 @@ def test_cache_keeps_only_the_most_recent_knowledge_bases(served, people, tenant
     cache = KbIndexCache(max_entries=2)
     kbs = []
     for name in ("one", "two", "three"):
-        kb = kb_create(tenant=tenants["acme"], name=name, user=people["carol"])
-        documents_import(kb=kb, entries=[Entry(1, f"entry {name}")], user=people["carol"])
+        kb = kb_create(scope=Scope(tenant=tenants["acme"], user=people["carol"]), name=name)
+        documents_import(scope=Scope(tenant=kb.tenant, user=people["carol"]), kb=kb,
+                         entries=[Entry(1, f"entry {name}")])
         kb.refresh_from_db()
         cache.get(kb)
         kbs.append(kb)

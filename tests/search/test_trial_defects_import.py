@@ -30,9 +30,10 @@ def refusals(**filters):
 
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_uploads_of_one_file_both_succeed(served, tenants, people, monkeypatch):
+    from portal.scope import Scope
     from search.services import kb_create
 
-    kb = kb_create(tenant=tenants["acme"], name="Race", user=people["carol"])
+    kb = kb_create(scope=Scope(tenant=tenants["acme"], user=people["carol"]), name="Race")
     data = ("\n".join(LINES) + "\n").encode()
     # Both requests read the stored digests before either writes: hold each at
     # the model (after that read) until the other has arrived there too.
@@ -84,11 +85,12 @@ def test_in_a_browser_a_double_click_sends_one_upload_and_an_error_looks_like_on
     error (red, role="alert", a capitalised sentence), and the button comes back."""
     from playwright.sync_api import sync_playwright
 
+    from portal.scope import Scope
     from search.services import kb_create
     from tests.audit.test_browser import CHROMIUM, launch_chromium
 
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: apt-get install -y chromium"
-    kb = kb_create(tenant=tenants["acme"], name="Clicks", user=people["carol"])
+    kb = kb_create(scope=Scope(tenant=tenants["acme"], user=people["carol"]), name="Clicks")
     good, bad = tmp_path / "faq.txt", tmp_path / "latin1.txt"
     good.write_text("\n".join(LINES) + "\n")
     bad.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
@@ -264,9 +266,10 @@ def test_deleting_an_entry_asks_first_and_returns_to_its_page(faq_kb, people, cl
 
 
 def test_each_entry_shows_the_file_it_came_from(served, tenants, people, client, token_for, tmp_path):
+    from portal.scope import Scope
     from search.services import kb_create
 
-    kb = kb_create(tenant=tenants["acme"], name="Mixed", user=people["carol"])
+    kb = kb_create(scope=Scope(tenant=tenants["acme"], user=people["carol"]), name="Mixed")
     client.force_login(people["carol"])
     for name, text in (("hr.txt", "Holidays are booked in the HR portal.\n"),
                        ("it.txt", "Passwords expire every 90 days.\n")):

@@ -1,8 +1,6 @@
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.ledger.context import command_context
-from portal.cli import tenant_from_option
+from portal.cli import scope_from_options
 from portal.services import token_create
 
 
@@ -16,13 +14,10 @@ class Command(BaseCommand):
         parser.add_argument("--label", default="")
 
     def handle(self, *args, user, tenant, days, label, **options):
-        account = get_user_model().objects.filter(username=user).first()
-        if account is None:
-            raise CommandError(f"no user named {user!r}")
-        found = tenant_from_option(tenant)
+        scope = scope_from_options("token_create", tenant=tenant, user=user)
         try:
-            row, text = token_create(user=account, tenant=found, days=days, label=label,
-                                     context=command_context("token_create"))
+            row, text = token_create(user=scope.user, tenant=scope.tenant, days=days, label=label,
+                                     context=scope.context)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         self.stderr.write(f"token {row.prefix}… for {user} in {tenant}, expires {row.expires_at:%Y-%m-%d}; "

@@ -4,13 +4,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from audit.ledger.context import command_context
 from audit.ledger.services import AuditUnavailable
 from keystore.keys import get_keyring
-from portal.cli import tenant_from_option
+from portal.cli import scope_from_options
 from search.engine import EngineError, EngineUnavailable, get_engine, open_engine
-from search.models import KnowledgeBase
 from search.parsing import ImportFileError, detect_format, parse_entries
+from search.selectors import kb_by_reference
 from search.services import ModelMismatch, SearchInputError, documents_import, kb_create, record_refusal
 
 
@@ -24,7 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("file")
 
     def handle(self, *args, tenant, kb, file, format=None, **options):
-        found = tenant_from_option(tenant)
+        scope = scope_from_options("kb_import", tenant=tenant)
         path = Path(file)
         if not path.is_file():
             raise CommandError(f"{file}: no such file")
@@ -37,8 +36,8 @@ class Command(BaseCommand):
                                         max_chars=settings.KB_MAX_DOCUMENT_CHARS)
             except ImportFileError as exc:
                 # Refused before any knowledge base is made: recorded against the name asked for.
-                existing = KnowledgeBase.objects.filter(tenant=found, name=kb).first()
-                record_refusal("doc.import", exc, tenant=found, user=None, context=command_context("kb_import"),
+                existing = kb_by_reference(scope, kb)
+                record_refusal(scope, "doc.import", exc,
                                resource_type="knowledge_base", resource_id=str(existing.pk) if existing else "",
                                kb_id=existing.pk if existing else None, kb_name=kb[:200],
                                detail={"source": path.name[:200]})
@@ -47,17 +46,15 @@ class Command(BaseCommand):
                 get_engine()
             except EngineUnavailable:
                 open_engine(settings.EMBED_MODEL_PATH, get_keyring().model_key, settings.EMBED_DEVICE)
-            context = command_context("kb_import")
-            target = KnowledgeBase.objects.filter(tenant=found, name=kb).first() or \
-                kb_create(tenant=found, name=kb, user=None, context=context)
+            target = kb_by_reference(scope, kb) or kb_create(scope=scope, name=kb)
             with tqdm(total=len(entries), unit="entry", desc="embedding", disable=None) as bar:
                 def progress(done, total):
                     bar.total = total
                     bar.n = done
                     bar.refresh()
 
-                result = documents_import(kb=target, entries=entries, user=None, context=context,
-                                          source=path.name, progress=progress)
+                result = documents_import(scope=scope, kb=target, entries=entries, source=path.name,
+                                          progress=progress)
         except (ImportFileError, SearchInputError, ModelMismatch, EngineError, AuditUnavailable) as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"{result.added} entries added to {kb!r} ({tenant}), "
