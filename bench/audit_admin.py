@@ -32,7 +32,7 @@ def setup_environment(events: int) -> Path:
         key_file.write_text(secrets.token_hex(32))
         db.unlink(missing_ok=True)
     os.environ.update(
-        DJANGO_SETTINGS_MODULE="portal.settings", PORTAL_DOTENV="", DATABASE_URL=f"sqlite:///{db}",
+        DJANGO_SETTINGS_MODULE="portal.settings", PORTAL_DOTENV="", PORTAL_MODE="development", DATABASE_URL=f"sqlite:///{db}",
         EMBED_MODEL_KEY=secrets.token_hex(32), AUDIT_HMAC_KEY=key_file.read_text().strip(),
         AUDIT_CHECKPOINT_EVERY_MINUTES="0",
     )

@@ -72,7 +72,7 @@ def main():
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     os.environ.update(
-        DJANGO_SETTINGS_MODULE="portal.settings", PORTAL_DOTENV="",
+        DJANGO_SETTINGS_MODULE="portal.settings", PORTAL_DOTENV="", PORTAL_MODE="development",
         DATABASE_URL=f"sqlite:///{workdir / 'portal.sqlite3'}",
         EMBED_MODEL_KEY=secrets.token_hex(32), AUDIT_HMAC_KEY=secrets.token_hex(32),
     )

