@@ -102,13 +102,12 @@ def audit_store_check() -> tuple[bool, str]:
     try:
         with short_busy_timeout(PROBE_BUSY_TIMEOUT_MS):
             with transaction.atomic():
+                blob_type, page_of_zeros = (
+                    ("BLOB", "zeroblob(8192)") if connection.vendor == "sqlite"
+                    else ("BYTEA", "decode(repeat('00', 8192), 'hex')"))
                 with connection.cursor() as cursor:
-                    if connection.vendor == "sqlite":
-                        cursor.execute(f"CREATE TABLE {_PROBE_TABLE} (filler BLOB)")
-                        cursor.execute(f"INSERT INTO {_PROBE_TABLE} VALUES (zeroblob(8192))")
-                    else:
-                        cursor.execute(f"CREATE TABLE {_PROBE_TABLE} (filler BYTEA)")
-                        cursor.execute(f"INSERT INTO {_PROBE_TABLE} VALUES (decode(repeat('00', 8192), 'hex'))")
+                    cursor.execute(f"CREATE TABLE {_PROBE_TABLE} (filler {blob_type})")
+                    cursor.execute(f"INSERT INTO {_PROBE_TABLE} VALUES ({page_of_zeros})")
                 transaction.set_rollback(True)
     except DatabaseError as exc:
         return False, f"the audit store cannot be written: {str(exc)[:120] or exc.__class__.__name__}"
