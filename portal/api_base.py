@@ -23,6 +23,7 @@ def api_scope(request) -> Scope:
         return scope
     return scope_from_request(django_request, user=request.user, tenant=getattr(django_request, "tenant", None))
 
+
 class TenantApiView(APIView):
     # Base of every API view: a capability per method (deny unless listed;
     # portal.scope.SIGNED_IN for "any signed-in caller"), and ``self.scope``

@@ -1,7 +1,7 @@
 """The scope of one request or one command: who acts (user), for which
 tenant, with which roles, and the request facts the audit log records.
 
-Built once — for pages by ScopeMiddleware after Django's authentication, for
+Built once — for pages by TenantMiddleware after Django's authentication, for
 the API by portal.api_base.TenantApiView after DRF's token authentication,
 for commands from their --tenant/--user options — and never changed after
 (a tenant switch or a login builds a new one). Selectors and services take a
