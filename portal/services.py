@@ -112,7 +112,7 @@ def token_authenticate(token_text: str) -> tuple[ApiToken | None, str]:
         # the request then writes (its audit record) decides its answer.
         try:
             with short_busy_timeout(LAST_USED_BUSY_TIMEOUT_MS), transaction.atomic():
-                ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
+                ApiToken.objects.filter(tenant_id=row.tenant_id, pk=row.pk).update(last_used_at=now)
             row.last_used_at = now
         except DatabaseError as exc:
             logger.warning("token id %s: last_used_at not updated (%s)", row.pk, exc.__class__.__name__)

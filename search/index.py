@@ -85,7 +85,7 @@ class KbIndexCache:
 
     @staticmethod
     def _load(kb) -> KbMatrix:
-        rows = list(Document.objects.filter(knowledge_base=kb).order_by("id")
+        rows = list(Document.objects.filter(tenant_id=kb.tenant_id, knowledge_base=kb).order_by("id")
                     .values_list("id", "text", "source_line", "embedding"))
         dims = kb.dimensions or 0
         matrix = np.empty((len(rows), dims), dtype=np.float32)
