@@ -50,8 +50,7 @@ TEST_ENV = PORTAL_DOTENV= \
 	EMBED_MODEL_KEY=$$($(PY) -c 'import secrets; print(secrets.token_hex(32))') \
 	AUDIT_HMAC_KEY=$$($(PY) -c 'import secrets; print(secrets.token_hex(32))')
 # (test_storage_faults.py drives SQLite's own locks and page limits: SQLite only.)
-POSTGRES_TESTS ?= tests/audit tests/portal tests/search/test_search_api.py \
-	tests/search/test_limits_and_input.py tests/search/test_index.py tests/search/test_distribution.py -m "not slow" \
+POSTGRES_TESTS ?= tests/audit tests/portal tests/search -m "not slow" \
 	--ignore=tests/portal/test_storage_faults.py
 
 # The import contract first (pyproject.toml [tool.importlinter]): a floor

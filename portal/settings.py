@@ -302,6 +302,11 @@ KB_MAX_UPLOAD_BYTES = _env_int("KB_MAX_UPLOAD_BYTES", 8 * 1024 * 1024)
 KB_MAX_IMPORT_ENTRIES = _env_int("KB_MAX_IMPORT_ENTRIES", 200_000)
 KB_MAX_DOCUMENT_CHARS = _env_int("KB_MAX_DOCUMENT_CHARS", 8000)
 KB_IMPORT_BATCH = _env_int("KB_IMPORT_BATCH", 64)
+# PostgreSQL (pgvector): a knowledge base of at most this many documents is
+# searched exactly; a larger one through the HNSW index, which reads about
+# SEARCH_HNSW_EF_SEARCH candidates per search (bench/vector_search.py).
+SEARCH_EXACT_MAX_ROWS = _env_int("SEARCH_EXACT_MAX_ROWS", 10_000)
+SEARCH_HNSW_EF_SEARCH = _env_int("SEARCH_HNSW_EF_SEARCH", 100)
 EMBEDDINGS_MAX_INPUTS = _env_int("EMBEDDINGS_MAX_INPUTS", 256)
 # Per token (API) and per user (session); counted in the shared cache.
 REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["search.throttles.TokenOrUserRateThrottle"]

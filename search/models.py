@@ -3,6 +3,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+from pgvector.django import VectorField
 
 from portal.models import Tenant, TenantScopedQuerySet
 
@@ -46,7 +47,11 @@ class Document(models.Model):
     source_line = models.PositiveIntegerField(null=True, blank=True, help_text="line or record number in the import")
     source_name = models.CharField(max_length=200, blank=True, help_text="file (or API call) the entry came from")
     digest = models.CharField(max_length=64, help_text="SHA-256 of the text; duplicates are skipped")
-    embedding = models.BinaryField(help_text="float32 little-endian, L2-normalised")
+    # The embedding, L2-normalised, in one of two places by database (search.index):
+    # SQLite keeps float32 bytes for the workers' numpy index; PostgreSQL keeps
+    # a pgvector ``vector`` that its HNSW index and exact scans read in place.
+    embedding = models.BinaryField(null=True, help_text="SQLite: float32 little-endian, L2-normalised")
+    vector = VectorField(null=True, blank=True, help_text="PostgreSQL: the embedding as a pgvector vector")
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = TenantScopedQuerySet.as_manager()

@@ -18,7 +18,7 @@ from audit.models import Outcome
 from audit.ledger.services import record_event
 from portal.scope import Scope
 from search.engine import EngineUnavailable, get_engine
-from search.index import Hit, best_rows, kb_indexes
+from search.index import Hit, best_rows, ensure_hnsw_index, kb_index, store_documents
 from search.languages import language_name, script_name, unread_scripts
 from search.metrics import counted_search
 from search.models import Document, KnowledgeBase, new_revision
@@ -323,7 +323,7 @@ def kb_delete(*, scope: Scope, kb: KnowledgeBase) -> None:
                      kb_lines=lines)
         kb_id = kb.pk
         kb.delete()
-    kb_indexes.forget(kb_id)
+    kb_index().forget(kb_id)
 
 
 def documents_import(*, scope: Scope, kb: KnowledgeBase, entries: list[Entry], source: str = "",
@@ -370,20 +370,24 @@ def documents_import(*, scope: Scope, kb: KnowledgeBase, entries: list[Entry], s
             raise ModelMismatch(f"knowledge base {kb.name!r} was built with {locked.model_id}")
         # Another import may have stored some of these since they were read
         # above (a double-clicked upload): under the lock, skip those too.
-        stored = set(Document.objects.filter(knowledge_base_id=kb.pk, digest__in=[d for _, d in fresh])
+        stored = set(Document.objects.filter(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk, digest__in=[d for _, d in fresh])
                      .values_list("digest", flat=True)) if fresh else set()
         rows = [(i, entry, digest) for i, (entry, digest) in enumerate(fresh) if digest not in stored]
         skipped_lines.extend(entry.line for entry, digest in fresh if digest in stored)
-        Document.objects.bulk_create([
+        store_documents([
             Document(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk, text=entry.text, source_line=entry.line,
-                     source_name=source[:200], digest=digest, embedding=matrix[i].astype("<f4").tobytes())
-            for i, entry, digest in rows
-        ], batch_size=1000)
+                     source_name=source[:200], digest=digest)
+            for _, entry, digest in rows
+        ], matrix[[i for i, _, _ in rows]])
+        if rows:
+            # After the rows: the first import of a size builds the index over
+            # them at once, which is faster than growing it row by row.
+            ensure_hnsw_index(engine.dimensions)
         if rows or not locked.model_id:
             KnowledgeBase.objects.filter(pk=kb.pk).update(
                 model_id=engine.model_id, dimensions=engine.dimensions, revision=new_revision())
         record_event(action="doc.import", user=scope.user, context=scope.context, **_kb_fields(kb),
-                     kb_lines=Document.objects.filter(knowledge_base_id=kb.pk).count(), model_id=engine.model_id,
+                     kb_lines=Document.objects.filter(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk).count(), model_id=engine.model_id,
                      detail={"added": len(rows), "skipped_duplicates": len(skipped_lines),
                              "truncated": truncated, "source": source[:200]})
     kb.refresh_from_db()
@@ -499,10 +503,10 @@ def search_kb(*, scope: Scope, kb: KnowledgeBase, query: str, top_k: int) -> Sea
         raise ModelMismatch(f"knowledge base {kb.name!r} was built with {kb.model_id}; "
                             f"the portal serves {engine.model_id}")
     with audited(scope, "search", tenant=kb.tenant, started=started, query=query, kb_id=kb.pk, kb_name=kb.name,
-                 kb_lines=len(kb_indexes.get(kb)), resource_type="knowledge_base", resource_id=str(kb.pk),
+                 kb_lines=kb_index().count(kb), resource_type="knowledge_base", resource_id=str(kb.pk),
                  model_id=engine.model_id) as completion:
         embedded = engine.embed([query], kind="query")
-        hits, line_count = kb_indexes.search(kb, embedded.vectors[0], top_k)
+        hits, line_count = kb_index().search(kb, embedded.vectors[0], top_k)
         result = _finish(SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, line_count,
                                       embedded.truncated[0]), engine, query, kb)
         completion.report(**_search_fields(result),

@@ -1,8 +1,9 @@
-"""The per-worker index: exact top-k, and never a stale row."""
+"""The index of the database in use (numpy per worker on SQLite, pgvector on
+PostgreSQL): exact top-k, and never a stale row or count."""
 import numpy as np
 
 from portal.scope import Scope
-from search.index import KbIndexCache, best_rows
+from search.index import KbIndexCache, PgVectorIndex, best_rows, kb_index
 from search.models import KnowledgeBase
 from search.parsing import Entry
 from search.services import documents_import, kb_create
@@ -24,7 +25,7 @@ def test_best_rows_is_exact_top_k_best_first():
 def test_a_reused_knowledge_base_id_never_serves_the_old_rows(served, people, tenants):
     """Another worker deleted the knowledge base (this worker's cache was not
     told) and a new one got the same id: the new rows are served."""
-    cache = KbIndexCache()
+    cache = type(kb_index())()  # this worker's, told of nothing
     old = kb_create(scope=Scope(tenant=tenants["globex"], user=people["bob"]), name="old")
     documents_import(scope=Scope(tenant=old.tenant, user=people["bob"]), kb=old,
                      entries=[Entry(1, "secret globex merger plan")])
@@ -41,14 +42,19 @@ def test_a_reused_knowledge_base_id_never_serves_the_old_rows(served, people, te
     assert count == 1 and [h.text for h in hits] == ["canteen opening hours"]
 
 
+def _cached_kb_ids(cache) -> set[int]:
+    keys = cache._counts if isinstance(cache, PgVectorIndex) else cache._entries
+    return {key[0] for key in keys}
+
+
 def test_cache_keeps_only_the_most_recent_knowledge_bases(served, people, tenants):
-    cache = KbIndexCache(max_entries=2)
+    cache = type(kb_index())(max_entries=2)
     kbs = []
     for name in ("one", "two", "three"):
         kb = kb_create(scope=Scope(tenant=tenants["acme"], user=people["carol"]), name=name)
         documents_import(scope=Scope(tenant=kb.tenant, user=people["carol"]), kb=kb,
                          entries=[Entry(1, f"entry {name}")])
         kb.refresh_from_db()
-        cache.get(kb)
+        cache.count(kb)
         kbs.append(kb)
-    assert {key[0] for key in cache._entries} == {kbs[1].pk, kbs[2].pk}
+    assert _cached_kb_ids(cache) == {kbs[1].pk, kbs[2].pk}
