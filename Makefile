@@ -40,7 +40,10 @@ run: serve-setup
 	@echo "  Portal: http://$(BIND)/accounts/login/"
 	@echo "  Users:  alice (searcher), carol (curator), chris (compliance), adam (admin) in acme; bob in globex"
 	@echo "  Password: $$(grep '^DEMO_PASSWORD=' .env | cut -d= -f2-)   (from .env)"
+	@echo "  Imports run in the task worker (manage.py db_worker), started beside gunicorn."
 	@echo ""
+	$(PY) manage.py db_worker --no-reload & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 	PORTAL_BIND=$(BIND) $(VENV)/bin/gunicorn -c portal/gunicorn.conf.py portal.wsgi
 
 # Fresh random keys for every test run: no key is ever fixed in the repo.

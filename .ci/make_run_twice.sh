@@ -29,9 +29,47 @@ print(sorted(get_user_model().objects.values_list("username", flat=True)), Audit
 PY
 }
 
+# A file import through the API, run by the task worker `make run` starts.
+import_through_the_worker() {
+  PORTAL_DOTENV=.env .venv/bin/python - "$BIND" <<'PY'
+import json, os, sys, time, urllib.request, uuid
+import django
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+django.setup()
+from django.contrib.auth import get_user_model
+from portal.models import Tenant
+from portal.services import token_create
+from search.models import KnowledgeBase
+
+bind = sys.argv[1]
+acme = Tenant.objects.get(slug="acme")
+_, token = token_create(user=get_user_model().objects.get(username="carol"), tenant=acme, days=1, label="ci")
+kb = KnowledgeBase.objects.filter(tenant=acme).order_by("id").first()
+line = f"The CI import check {uuid.uuid4().hex}."
+boundary = uuid.uuid4().hex
+body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="ci.txt"\r\n'
+        f"Content-Type: text/plain\r\n\r\n{line}\n\r\n--{boundary}--\r\n").encode()
+headers = {"Authorization": f"Bearer {token}"}
+request = urllib.request.Request(f"http://{bind}/api/v1/kbs/{kb.pk}/imports", data=body, method="POST",
+                                 headers={**headers, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+with urllib.request.urlopen(request, timeout=30) as response:
+    assert response.status == 202, response.status
+    location = response.headers["Location"]
+for _ in range(240):
+    with urllib.request.urlopen(urllib.request.Request(f"http://{bind}{location}", headers=headers), timeout=30) as r:
+        job = json.load(r)
+    if job["status"] in ("succeeded", "failed"):
+        break
+    time.sleep(0.5)
+assert job["status"] == "succeeded" and job["added"] == 1, job
+print(f"import job {job['id']}: {job['status']}, {job['added']} added by the task worker")
+PY
+}
+
 start
 grep -q 'name="password"' /tmp/login.html
 ready=$(curl -s -o /dev/null -w '%{http_code}' "http://$BIND/readyz")
+import_through_the_worker || { cat "$log"; echo "the task worker did not import the file"; stop; exit 1; }
 stop
 env_digest=$(sha256sum .env | cut -d' ' -f1)
 first=$(state)

@@ -72,6 +72,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "axes",
+    "django_tasks",
+    "django_tasks_db",
     "portal",
     "audit",
     "search",
@@ -302,6 +304,11 @@ KB_MAX_UPLOAD_BYTES = _env_int("KB_MAX_UPLOAD_BYTES", 8 * 1024 * 1024)
 KB_MAX_IMPORT_ENTRIES = _env_int("KB_MAX_IMPORT_ENTRIES", 200_000)
 KB_MAX_DOCUMENT_CHARS = _env_int("KB_MAX_DOCUMENT_CHARS", 8000)
 KB_IMPORT_BATCH = _env_int("KB_IMPORT_BATCH", 64)
+# File imports run as tasks (search/tasks.py) in `manage.py db_worker`, queued
+# in the database (django-tasks, the API Django 6 ships as django.tasks).
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
+# Torch threads of the task worker: imports leave the other cores to searches.
+TASK_WORKER_TORCH_THREADS = _env_int("TASK_WORKER_TORCH_THREADS", 1)
 # PostgreSQL (pgvector): a knowledge base of at most this many documents is
 # searched exactly; a larger one through the HNSW index, which reads about
 # SEARCH_HNSW_EF_SEARCH candidates per search (bench/vector_search.py).

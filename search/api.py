@@ -9,7 +9,9 @@ from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schem
 from rest_framework import serializers
 from django.core.exceptions import RequestDataTooBig
 from rest_framework.exceptions import ParseError, UnsupportedMediaType, ValidationError
+from django.urls import reverse
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from audit.ledger.services import AuditUnavailable
@@ -18,7 +20,7 @@ from portal.api_errors import Problem
 from portal.scope import Scope, record_denial
 from search import selectors, services
 from search.failures import failure_status
-from search.models import KnowledgeBase
+from search.models import ImportJob, KnowledgeBase
 
 
 class StrictCharField(serializers.CharField):
@@ -314,6 +316,55 @@ class DocumentDetailApi(SearchApiView):
         document = selectors.document_get(self.scope, kb, doc_id)
         services.document_delete(scope=self.scope, document=document)
         return Response(status=204)
+
+
+class ImportJobSerializer(serializers.ModelSerializer):
+    kb = serializers.IntegerField(source="knowledge_base_id", read_only=True)
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ImportJob
+        fields = ["id", "url", "kb", "status", "source_name", "format", "total", "done", "added",
+                  "skipped_duplicates", "truncated", "error", "created_at", "started_at", "finished_at"]
+        read_only_fields = fields
+
+    def get_url(self, job) -> str:
+        return reverse("api-import", kwargs={"job_id": job.pk})
+
+
+class ImportListApi(SearchApiView):
+    # A file import queued for the task worker: 202 and the job's address at
+    # once, the file checked first (a refused one answers 4xx and queues nothing).
+    capabilities = {"POST": "kb.manage"}
+    parser_classes = [MultiPartParser]
+    extra_problem_statuses = {"POST": [413]}
+    refusal = ("doc.import", "knowledge_base")
+
+    @extend_schema(summary="Import a file into a knowledge base, in the background", tags=["documents"],
+                   request={"multipart/form-data": inline_serializer("ImportFileInput", fields={
+                       "file": serializers.FileField(help_text="text (an entry a line), .csv or .jsonl"),
+                       "format": serializers.ChoiceField(["txt", "csv", "jsonl"], required=False,
+                                                         help_text="default: from the file name")})},
+                   responses={202: ImportJobSerializer})
+    def post(self, request, kb_id: int):
+        kb = kb_from_reference(self.scope, kb_id)
+        upload = request.FILES.get("file")
+        fmt = request.data.get("format") or None
+        if fmt not in (None, "txt", "csv", "jsonl"):
+            raise ValidationError({"format": ["one of txt, csv, jsonl"]})
+        job = services.import_job_submit(scope=self.scope, kb=kb, name=upload.name if upload else "",
+                                         file=upload, size=upload.size if upload else 0, fmt=fmt)
+        body = ImportJobSerializer(job).data
+        return Response(body, status=202, headers={"Location": body["url"]})
+
+
+class ImportDetailApi(SearchApiView):
+    capabilities = {"GET": "kb.read"}
+
+    @extend_schema(summary="An import job: its status and progress", tags=["documents"],
+                   responses=ImportJobSerializer)
+    def get(self, request, job_id: int):
+        return Response(ImportJobSerializer(selectors.import_job_get(self.scope, job_id)).data)
 
 
 class EmbeddingItemSerializer(serializers.Serializer):

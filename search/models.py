@@ -62,3 +62,43 @@ class Document(models.Model):
 
     def __str__(self):
         return self.text[:60]
+
+
+class ImportJob(models.Model):
+    """A file import run by the task worker (``manage.py db_worker``): what was
+    sent, how far it got and how it ended. The file's bytes are kept only
+    until it ends; ``context`` holds the submitting request's facts, so the
+    records the worker writes say who asked and from where."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="import_jobs")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    source_name = models.CharField(max_length=200, blank=True)
+    format = models.CharField(max_length=8)
+    payload = models.BinaryField(null=True, help_text="the file, until the import ends")
+    context = models.JSONField(default=dict, help_text="the submitting request's audit context")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    total = models.PositiveIntegerField(default=0, help_text="entries in the file")
+    done = models.PositiveIntegerField(default=0, help_text="entries embedded so far")
+    added = models.PositiveIntegerField(null=True, blank=True)
+    skipped_duplicates = models.PositiveIntegerField(null=True, blank=True)
+    truncated = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["tenant", "knowledge_base", "-id"], name="import_job_tenant_kb")]
+
+    def __str__(self):
+        return f"import {self.pk} ({self.status})"

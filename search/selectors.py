@@ -3,7 +3,7 @@ knowledge base or its documents needs kb.read in the acting tenant."""
 from django.db.models import Count
 
 from portal.scope import Scope, get_scoped_or_404, scoped, scoped_row
-from search.models import Document, KnowledgeBase
+from search.models import Document, ImportJob, KnowledgeBase
 
 READ = "kb.read"
 
@@ -29,3 +29,7 @@ def document_list(scope: Scope, kb: KnowledgeBase):
 def document_get(scope: Scope, kb: KnowledgeBase, doc_id) -> Document:
     return get_scoped_or_404(scope, Document.objects.select_related("knowledge_base__tenant").filter(knowledge_base=kb),
                              READ, pk=doc_id)
+
+
+def import_job_get(scope: Scope, job_id) -> ImportJob:
+    return get_scoped_or_404(scope, ImportJob.objects.select_related("knowledge_base"), READ, pk=job_id)

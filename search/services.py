@@ -11,17 +11,19 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
 from audit.models import Outcome
-from audit.ledger.services import record_event
+from audit.ledger.services import AuditUnavailable, record_event
 from portal.scope import Scope
+from portal.tenancy import roles_in
 from search.engine import EngineUnavailable, get_engine
 from search.index import Hit, best_rows, ensure_hnsw_index, kb_index, store_documents
 from search.languages import language_name, script_name, unread_scripts
 from search.metrics import counted_search
-from search.models import Document, KnowledgeBase, new_revision
+from search.models import Document, ImportJob, KnowledgeBase, new_revision
 from search.parsing import REFUSED_CHARACTERS, Entry, ImportFileError, detect_format, parse_entries
 
 
@@ -437,22 +439,103 @@ def documents_add(*, scope: Scope, kb: KnowledgeBase, items: list, source: str =
     return documents_import(scope=scope, kb=kb, entries=entries, source=source)
 
 
-def documents_import_file(*, scope: Scope, kb: KnowledgeBase, name: str, file, size: int,
-                          max_bytes: int | None = None, fmt: str | None = None, progress=None) -> ImportResult:
-    """Import a file (anything with ``read()``; None: no file was sent) of
-    ``size`` bytes. A refused file (too large, not UTF-8, malformed) is
-    audited and stores nothing."""
+def _read_upload(*, scope: Scope, kb: KnowledgeBase, name: str, file, size: int, max_bytes: int | None,
+                 fmt: str | None) -> tuple[bytes, str, list[Entry]]:
+    """The file's bytes, format and entries; a refused file (none, too large,
+    not UTF-8, malformed) is audited and raises."""
     max_bytes = settings.KB_MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
     try:
         if file is None:
             raise _refused(gettext_noop("Choose a file to upload."), code="no_file")
         check_limit("upload_bytes", size, ceiling=max_bytes, size=size)
-        entries = parse_entries(file.read(), fmt or detect_format(name), max_entries=settings.KB_MAX_IMPORT_ENTRIES,
+        data, fmt = file.read(), fmt or detect_format(name)
+        entries = parse_entries(data, fmt, max_entries=settings.KB_MAX_IMPORT_ENTRIES,
                                 max_chars=settings.KB_MAX_DOCUMENT_CHARS)
     except (SearchInputError, ImportFileError) as exc:
         record_refusal(scope, "doc.import", exc, detail={"source": (name or "")[:200]}, **_kb_fields(kb))
         raise
+    return data, fmt, entries
+
+
+def documents_import_file(*, scope: Scope, kb: KnowledgeBase, name: str, file, size: int,
+                          max_bytes: int | None = None, fmt: str | None = None, progress=None) -> ImportResult:
+    """Import a file (anything with ``read()``; None: no file was sent) of
+    ``size`` bytes, in this process. A refused file (too large, not UTF-8,
+    malformed) is audited and stores nothing."""
+    _, _, entries = _read_upload(scope=scope, kb=kb, name=name, file=file, size=size, max_bytes=max_bytes, fmt=fmt)
     return documents_import(scope=scope, kb=kb, entries=entries, source=name, progress=progress)
+
+
+# --- imports as background jobs --------------------------------------------------------
+
+
+def import_job_submit(*, scope: Scope, kb: KnowledgeBase, name: str, file, size: int,
+                      fmt: str | None = None) -> ImportJob:
+    """Check a file now (a refused one answers at once, audited, and queues
+    nothing), then queue its import for the task worker: the job, its task
+    and the ``doc.import.submitted`` record are written in one transaction."""
+    from search.tasks import run_import
+
+    data, fmt, entries = _read_upload(scope=scope, kb=kb, name=name, file=file, size=size, max_bytes=None, fmt=fmt)
+    try:
+        _check_entries(entries)
+    except SearchInputError as exc:
+        record_refusal(scope, "doc.import", exc, detail={"source": (name or "")[:200]}, **_kb_fields(kb))
+        raise
+    with transaction.atomic():
+        job = ImportJob.objects.create(tenant_id=kb.tenant_id, knowledge_base=kb, created_by=_person(scope),
+                                       source_name=(name or "")[:200], format=fmt, payload=data, total=len(entries),
+                                       context=scope.context)
+        record_event(action="doc.import.submitted", user=scope.user, context=scope.context, **_kb_fields(kb),
+                     detail={"job": job.pk, "entries": len(entries), "source": job.source_name})
+        run_import.enqueue(job.pk)
+    return job
+
+
+def _job_scope(job: ImportJob) -> Scope:
+    """The submitter's scope, as the request had it (roles as they are now)."""
+    context = job.context or {}
+    user = job.created_by
+    return Scope(tenant=job.tenant, user=user, roles=roles_in(user, job.tenant) if user else frozenset(),
+                 client_ip=context.get("client_ip"), user_agent=context.get("user_agent", ""),
+                 request_id=context.get("request_id", ""), session_digest=context.get("session_digest", ""),
+                 auth_method=context.get("auth_method", ""), token_id=context.get("token_id"))
+
+
+def import_job_run(job_id: int) -> None:
+    """Run one queued import (the task worker calls this). Claims the job so a
+    retried task never imports twice; ends with ``doc.import`` (written by
+    documents_import) or ``doc.import.failed``, and drops the file's bytes."""
+    claimed = ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.QUEUED).update(
+        status=ImportJob.Status.RUNNING, started_at=timezone.now())
+    if not claimed:
+        return
+    job = ImportJob.objects.select_related("tenant", "knowledge_base", "created_by").get(pk=job_id)
+    scope = _job_scope(job)
+
+    def progress(done: int, total: int) -> None:
+        ImportJob.objects.filter(pk=job.pk).update(done=done)
+
+    try:
+        entries = parse_entries(bytes(job.payload), job.format, max_entries=settings.KB_MAX_IMPORT_ENTRIES,
+                                max_chars=settings.KB_MAX_DOCUMENT_CHARS)
+        result = documents_import(scope=scope, kb=job.knowledge_base, entries=entries, source=job.source_name,
+                                  progress=progress)
+    except Exception as exc:  # noqa: BLE001  the job records every failure; the worker goes on
+        message = str(exc) if isinstance(exc, (SearchInputError, ImportFileError, ModelMismatch)) \
+            else exc.__class__.__name__
+        ImportJob.objects.filter(pk=job.pk).update(status=ImportJob.Status.FAILED, error=message[:500], payload=None,
+                                                   finished_at=timezone.now())
+        try:
+            record_event(action="doc.import.failed", outcome=Outcome.FAILURE, user=scope.user, context=scope.context,
+                         **_kb_fields(job.knowledge_base),
+                         detail={"job": job.pk, "error": exc.__class__.__name__, "source": job.source_name})
+        except AuditUnavailable:
+            pass  # record_event has logged it
+        raise
+    ImportJob.objects.filter(pk=job.pk).update(
+        status=ImportJob.Status.SUCCEEDED, done=job.total, added=result.added, skipped_duplicates=result.skipped,
+        truncated=result.truncated, payload=None, finished_at=timezone.now())
 
 
 def document_delete(*, scope: Scope, document: Document) -> None:

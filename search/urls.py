@@ -17,6 +17,8 @@ urlpatterns = [
     path("api/v1/kbs/<int:kb_id>", api.KbDetailApi.as_view(), name="api-kb-detail"),
     path("api/v1/kbs/<int:kb_id>/documents", api.DocumentListApi.as_view(), name="api-documents"),
     path("api/v1/kbs/<int:kb_id>/documents/<int:doc_id>", api.DocumentDetailApi.as_view(), name="api-document"),
+    path("api/v1/kbs/<int:kb_id>/imports", api.ImportListApi.as_view(), name="api-imports"),
+    path("api/v1/imports/<int:job_id>", api.ImportDetailApi.as_view(), name="api-import"),
     path("v1/embeddings", api.EmbeddingsApi.as_view(), name="openai-embeddings"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves its start-up script as a file: no inline script (CSP).

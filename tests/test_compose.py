@@ -53,7 +53,7 @@ KEY_SECRETS = {
 # Variables that would carry a secret's value itself: never in the environment.
 PLAIN_SECRET_VARIABLES = {"EMBED_MODEL_KEY", "AUDIT_HMAC_KEY", "AUDIT_HMAC_OLD_KEYS", "DJANGO_SECRET_KEY",
                           "POSTGRES_PASSWORD", "PGPASSWORD", "AUDIT_SIGNING_KEY"}
-PORTAL_SERVICES = ("web", "migrate")
+PORTAL_SERVICES = ("web", "migrate", "worker")
 PINNED_PGVECTOR = re.compile(r"^pgvector/pgvector:(\d+\.\d+\.\d+-pg\d+(\.\d+)?)(@sha256:[0-9a-f]{64})?$"
                              r"|^pgvector/pgvector(:[^@]+)?@sha256:[0-9a-f]{64}$")
 
@@ -322,9 +322,10 @@ def test_variant_passes_compose_config_and_every_rule(configs, variant):
 def test_cpu_variant_differs_only_in_the_gpu(configs):
     """The CPU file is the GPU file without the reservation: nothing else may drift."""
     gpu, cpu = copy.deepcopy(configs["gpu"]), copy.deepcopy(configs["cpu"])
-    assert _devices(gpu["services"]["web"]) and not _devices(cpu["services"]["web"])
-    del gpu["services"]["web"]["deploy"]["resources"]["reservations"]
-    gpu["services"]["web"]["environment"]["EMBED_DEVICE"] = "cpu"
+    for name in ("web", "worker"):  # the processes that run the model
+        assert _devices(gpu["services"][name]) and not _devices(cpu["services"][name])
+        del gpu["services"][name]["deploy"]["resources"]["reservations"]
+        gpu["services"][name]["environment"]["EMBED_DEVICE"] = "cpu"
     assert gpu == cpu
 
 

@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 
-from search.models import Document, KnowledgeBase
+from search.models import Document, ImportJob, KnowledgeBase
 
 
 _serial = itertools.count(1)
@@ -23,7 +23,14 @@ def make_document(tenant, owner):
                                    embedding=np.ones(4, dtype="<f4").tobytes())
 
 
+def make_import_job(tenant, owner):
+    kb = make_kb(tenant, owner)
+    return ImportJob.objects.create(tenant=tenant, knowledge_base=kb, created_by=owner, format="txt",
+                                    source_name=f"secret file of {tenant.slug}", payload=b"secret line\n", total=1)
+
+
 FACTORIES = {
     "kb_id": (make_kb, lambda kb: KnowledgeBase.objects.filter(pk=kb.pk, name=kb.name).exists()),
     "doc_id": (make_document, lambda doc: Document.objects.filter(pk=doc.pk, text=doc.text).exists()),
+    "job_id": (make_import_job, lambda job: ImportJob.objects.filter(pk=job.pk, status="queued").exists()),
 }

@@ -26,6 +26,7 @@ DISTRIBUTED = {
     "portal_apitoken": "tenant_id",
     "search_knowledgebase": "tenant_id",
     "search_document": "tenant_id",
+    "search_importjob": "tenant_id",
     "audit_auditevent": "chain",
     "audit_auditcheckpoint": "chain",
     "audit_archiveauthorisation": "chain",
@@ -37,7 +38,7 @@ REFERENCE = {
 }
 # Only the coordinator reads them; never joined to a distributed table in a query.
 COORDINATOR = {
-    "django_migrations", "django_session", "django_admin_log",
+    "django_migrations", "django_session", "django_admin_log", "django_tasks_database_dbtaskresult",
     "axes_accessattempt", "axes_accessfailurelog", "axes_accessattemptexpiration", "axes_accesslog",
 }
 # Queries on a distributed table that do not name its distribution column, with

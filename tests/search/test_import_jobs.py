@@ -1,0 +1,88 @@
+"""File imports as background jobs: the request checks and queues (202 and the
+job's address), the task worker (`manage.py db_worker`, run here in-process
+with --batch) imports, and the job resource shows how it went. The audit has
+the submission and the end, both tied to who asked and from where."""
+import pytest
+from django.core.management import call_command
+
+from audit.models import AuditEvent
+from search.models import Document, ImportJob
+from tests.search.portal_fixtures import faq_kb, people, served, token_for  # noqa: F401
+
+LINES = "The canteen opens at noon.\nParking permits are renewed in January.\nThe lobby opens at seven.\n"
+
+
+def _upload(api, kb, content: bytes, name="notes.txt", **extra):
+    return api.post(f"/api/v1/kbs/{kb.pk}/imports", {"file": _named(content, name), **extra}, format="multipart")
+
+
+def _named(content: bytes, name: str):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile(name, content, content_type="application/octet-stream")
+
+
+def _work():
+    call_command("db_worker", "--batch", "--no-startup-delay", verbosity=0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_upload_is_queued_then_imported_by_the_worker(faq_kb, people, token_for):  # noqa: F811
+    api = token_for(people["carol"])
+    before = Document.objects.filter(knowledge_base=faq_kb).count()
+    response = _upload(api, faq_kb, LINES.encode())
+    assert response.status_code == 202, response.content
+    job = response.json()
+    assert response["Location"] == job["url"] == f"/api/v1/imports/{job['id']}"
+    assert job["status"] == "queued" and job["total"] == 3 and job["done"] == 0
+    assert Document.objects.filter(knowledge_base=faq_kb).count() == before  # nothing embedded in the request
+    submitted = AuditEvent.objects.get(action="doc.import.submitted")
+    assert submitted.detail["job"] == job["id"] and submitted.username == "carol"
+
+    _work()
+
+    done = api.get(job["url"]).json()
+    assert done["status"] == "succeeded", done
+    assert (done["added"], done["skipped_duplicates"], done["done"]) == (3, 0, 3)
+    assert done["started_at"] and done["finished_at"]
+    assert Document.objects.filter(knowledge_base=faq_kb).count() == before + 3
+    assert ImportJob.objects.get(pk=job["id"]).payload is None  # the file is not kept
+    finished = AuditEvent.objects.get(action="doc.import", kb_id=faq_kb.pk, detail__source="notes.txt")
+    assert finished.outcome == "success" and finished.username == "carol"
+    assert finished.request_id == submitted.request_id and finished.auth_method == "token"
+    hits = api.post("/api/v1/search", {"kb": faq_kb.pk, "query": "when does the canteen open", "top_k": 1},
+                    format="json").json()["results"]
+    assert hits[0]["text"] == "The canteen opens at noon."
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_file_answers_at_once_and_queues_nothing(faq_kb, people, token_for):  # noqa: F811
+    api = token_for(people["carol"])
+    response = _upload(api, faq_kb, b"\xff\xfe not text", name="notes.txt")
+    assert response.status_code == 400 and response["Content-Type"] == "application/problem+json"
+    assert not ImportJob.objects.exists()
+    assert AuditEvent.objects.filter(action="doc.import", outcome="rejected").exists()
+    no_file = api.post(f"/api/v1/kbs/{faq_kb.pk}/imports", {}, format="multipart")
+    assert no_file.status_code == 400 and not ImportJob.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_that_fails_says_why_and_is_audited(faq_kb, people, token_for):  # noqa: F811
+    api = token_for(people["carol"])
+    job = _upload(api, faq_kb, LINES.encode()).json()
+    type(faq_kb).objects.filter(pk=faq_kb.pk).update(model_id="another/model")  # changed while queued
+    _work()
+    failed = api.get(job["url"]).json()
+    assert failed["status"] == "failed" and "another/model" in failed["error"]
+    assert ImportJob.objects.get(pk=job["id"]).payload is None
+    event = AuditEvent.objects.get(action="doc.import.failed")
+    assert event.outcome == "failure" and event.detail["error"] == "ModelMismatch"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_searcher_may_read_a_job_but_not_submit_one(faq_kb, people, token_for):  # noqa: F811
+    job = _upload(token_for(people["carol"]), faq_kb, LINES.encode()).json()
+    searcher = token_for(people["alice"])
+    assert searcher.get(job["url"]).status_code == 200
+    assert _upload(searcher, faq_kb, LINES.encode()).status_code in (403, 404)
+    assert token_for(people["bob"], "globex").get(job["url"]).status_code == 404
