@@ -149,16 +149,22 @@ def hnsw_index_name(dimensions: int) -> str:
 def ensure_hnsw_index(dimensions: int) -> None:
     """Create the HNSW index for documents of ``dimensions`` if it is missing (PostgreSQL).
 
-    Called by an import before it stores rows of that size, in its
-    transaction; the first import of a size builds it over the few rows
-    there are, and later inserts maintain it (searches keep reading while
-    they do). The knowledge-base lock serialises imports, and a transaction
-    advisory lock serialises two first imports of the same size."""
+    Called by an import after it stores rows of that size, in its
+    transaction: the first import of a size builds the index over its rows
+    at once (faster than growing it row by row); later imports maintain it,
+    and searches keep reading while they do (a build blocks other writes to
+    the table, not reads). A transaction advisory lock serialises two first
+    imports of the same size; an index that exists is not asked for again,
+    so later imports take no table lock here."""
     kind = index_type(dimensions)
     if connection.vendor != "postgresql" or kind is None or dimensions in _indexed_sizes:
         return
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [0x76656374, dimensions])
+        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [hnsw_index_name(dimensions)])
+        if cursor.fetchone():
+            transaction.on_commit(lambda: _indexed_sizes.add(dimensions))
+            return
         # CREATE INDEX refuses to run while the transaction has deferred
         # foreign-key checks pending (Django's are deferred): run them now.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
@@ -189,19 +195,26 @@ LIMIT %(k)s"""
 
 # Through the HNSW index: the expression and the predicate are the index's, so
 # the planner can use it; pgvector 0.8's iterative scan goes on until enough
-# rows of this knowledge base are found (relaxed order, so they are sorted
-# again outside), and the scores come from the full vectors.
+# rows of this knowledge base are found. The scan's order is relaxed and, for
+# halfvec, approximate: it supplies more candidates than asked for, and the
+# best k of them by the full vectors are returned (bench/vector_search.py).
 _HNSW_SQL = """
 WITH nearest AS MATERIALIZED (
     SELECT id, text, source_line, vector
     FROM search_document
     WHERE tenant_id = %(tenant)s AND knowledge_base_id = %(kb)s AND vector_dims(vector) = {dims}
     ORDER BY (vector::{kind}({dims})) <=> %(q)s::{kind}({dims})
-    LIMIT %(k)s
+    LIMIT %(candidates)s
 )
 SELECT id, text, source_line, 1 - (vector <=> %(q)s::vector) AS score
 FROM nearest
-ORDER BY score DESC, id"""
+ORDER BY score DESC, id
+LIMIT %(k)s"""
+
+
+def hnsw_candidates(k: int) -> int:
+    """Rows the index scan supplies for a top-k: four times k, within ef_search."""
+    return max(k, min(4 * k, settings.SEARCH_HNSW_EF_SEARCH))
 
 
 class PgVectorIndex:
@@ -241,7 +254,8 @@ class PgVectorIndex:
             sql = _EXACT_SQL
         else:
             sql = _HNSW_SQL.format(dims=dims, kind=kind)
-        params = {"q": vector_literal(query_vector), "tenant": kb.tenant_id, "kb": kb.pk, "k": int(k)}
+        params = {"q": vector_literal(query_vector), "tenant": kb.tenant_id, "kb": kb.pk, "k": int(k),
+                  "candidates": hnsw_candidates(int(k))}
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()

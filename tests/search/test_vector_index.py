@@ -97,6 +97,7 @@ def test_the_hnsw_path_uses_the_index(faq_kb, settings):  # noqa: F811
         for plan_kind in ("seqscan", "bitmapscan", "sort"):
             cursor.execute(f"SET LOCAL enable_{plan_kind} = off")
         cursor.execute("EXPLAIN " + sql, {"q": vector_literal(np.ones(dims) / np.sqrt(dims)),
-                                          "tenant": faq_kb.tenant_id, "kb": faq_kb.pk, "k": 5})
+                                          "tenant": faq_kb.tenant_id, "kb": faq_kb.pk, "k": 5,
+                                          "candidates": 20})
         plan = re.sub(r"'\[[^]]*\]'", "'[…]'", "\n".join(row[0] for row in cursor.fetchall()))
     assert f"search_document_hnsw_{dims}" in plan, plan
