@@ -372,7 +372,8 @@ def documents_import(*, scope: Scope, kb: KnowledgeBase, entries: list[Entry], s
             raise ModelMismatch(f"knowledge base {kb.name!r} was built with {locked.model_id}")
         # Another import may have stored some of these since they were read
         # above (a double-clicked upload): under the lock, skip those too.
-        stored = set(Document.objects.filter(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk, digest__in=[d for _, d in fresh])
+        stored = set(Document.objects.filter(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk,
+                                             digest__in=[d for _, d in fresh])
                      .values_list("digest", flat=True)) if fresh else set()
         rows = [(i, entry, digest) for i, (entry, digest) in enumerate(fresh) if digest not in stored]
         skipped_lines.extend(entry.line for entry, digest in fresh if digest in stored)
@@ -389,7 +390,8 @@ def documents_import(*, scope: Scope, kb: KnowledgeBase, entries: list[Entry], s
             KnowledgeBase.objects.filter(pk=kb.pk).update(
                 model_id=engine.model_id, dimensions=engine.dimensions, revision=new_revision())
         record_event(action="doc.import", user=scope.user, context=scope.context, **_kb_fields(kb),
-                     kb_lines=Document.objects.filter(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk).count(), model_id=engine.model_id,
+                     kb_lines=Document.objects.filter(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk).count(),
+                     model_id=engine.model_id,
                      detail={"added": len(rows), "skipped_duplicates": len(skipped_lines),
                              "truncated": truncated, "source": source[:200]})
     kb.refresh_from_db()

@@ -1,9 +1,10 @@
-"""deploy/sealed-search.service: the systemd unit for hosts without Docker
-(issue 10, item 4).
+"""deploy/sealed-search.service and deploy/sealed-search-worker.service: the
+systemd units for hosts without Docker (issue 10, item 4; the import worker
+since issue 12).
 
-`systemd-analyze verify` must accept it (its executables pointed at this
+`systemd-analyze verify` must accept each (its executables pointed at this
 checkout's virtualenv, since /opt/sealed-search does not exist here) without
-a single warning, and `unit_violations` checks its rules; removing any rule
+a single warning, and `unit_violations` checks their rules; removing any rule
 fails a mutation test. A missing systemd-analyze is a failure, not a skip
 (.ci/run installs the systemd package).
 """
@@ -18,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "sealed-search.service"
+WORKER_UNIT = ROOT / "deploy" / "sealed-search-worker.service"
+UNITS = {"web": UNIT, "worker": WORKER_UNIT}
 VENV_BIN = "/opt/sealed-search/venv/bin/"
 # Each *_FILE variable and the credential (LoadCredential=) it must name, on
 # the command lines themselves: an EnvironmentFile= would override Environment=.
@@ -41,7 +44,9 @@ def _service_settings(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def unit_violations(text: str) -> list[str]:
+def unit_violations(text: str, kind: str = "web") -> list[str]:
+    """The rules every unit keeps; ``kind`` "web" runs migrations then
+    gunicorn, "worker" runs the task worker (after the web unit migrated)."""
     problems = []
     settings = _service_settings(text)
     values: dict[str, list[str]] = {}
@@ -73,7 +78,7 @@ def unit_violations(text: str) -> list[str]:
         problems.append("unit.audit_mirror: AUDIT_JSONL_PATH is not in /var/log/sealed-search")
     credentials = {v.split(":", 1)[0] for v in values.get("LoadCredential", [])}
     for variable, credential in KEYS.items():
-        for command in ("ExecStartPre", "ExecStart"):
+        for command in ("ExecStartPre", "ExecStart") if kind == "web" else ("ExecStart",):
             line = " ".join(values.get(command, []))
             if credential not in credentials or not re.search(rf"\b{variable}=%d/{re.escape(credential)}(\s|$)", line):
                 problems.append(f"unit.secrets: {command} does not give {variable} as the credential {credential}")
@@ -86,34 +91,40 @@ def unit_violations(text: str) -> list[str]:
             problems.append(f"unit.env.{variable}: {variable} is not {expected}")
     if not any(f.startswith("/etc/sealed-search/") for f in values.get("EnvironmentFile", [])):
         problems.append("unit.env: no EnvironmentFile for the site's settings")
-    if not any(re.search(rf"{re.escape(VENV_BIN)}portal-manage migrate\b", v) for v in values.get("ExecStartPre", [])):
-        problems.append("unit.migrate_once: migrations do not run before gunicorn")
     start = last("ExecStart") or ""
-    if not start.endswith(f" {VENV_BIN}portal-serve"):
-        problems.append("unit.gunicorn: ExecStart is not portal-serve (gunicorn with the portal's config) from the virtualenv")
+    if kind == "web":
+        if not any(re.search(rf"{re.escape(VENV_BIN)}portal-manage migrate\b", v)
+                   for v in values.get("ExecStartPre", [])):
+            problems.append("unit.migrate_once: migrations do not run before gunicorn")
+        if not start.endswith(f" {VENV_BIN}portal-serve"):
+            problems.append("unit.gunicorn: ExecStart is not portal-serve (gunicorn with the portal's config) "
+                            "from the virtualenv")
+    elif not start.endswith(f" {VENV_BIN}portal-manage db_worker --no-reload"):
+        problems.append("unit.worker: ExecStart is not the task worker (portal-manage db_worker --no-reload)")
     if last("Restart") not in ("on-failure", "always"):
         problems.append("unit.restart: no restart policy")
     return problems
 
 
-def _verify(text: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def _verify(text: str, tmp_path: Path, name: str = UNIT.name) -> subprocess.CompletedProcess:
     exe = shutil.which("systemd-analyze")
     if exe is None:
         pytest.fail("systemd-analyze is not installed (Debian package systemd; .ci/run installs it)")
     bin_dir = tmp_path / "bin"  # stand-ins for scripts/install.sh's commands
     bin_dir.mkdir(exist_ok=True)
-    for name in ("portal-serve", "portal-manage"):
-        (bin_dir / name).write_text("#!/bin/sh\n")
-        (bin_dir / name).chmod(0o755)
-    unit = tmp_path / UNIT.name
+    for command in ("portal-serve", "portal-manage"):
+        (bin_dir / command).write_text("#!/bin/sh\n")
+        (bin_dir / command).chmod(0o755)
+    unit = tmp_path / name
     unit.write_text(text.replace(VENV_BIN, f"{bin_dir}/"))
     return subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
-def test_unit_passes_systemd_analyze_verify(tmp_path):
-    text = UNIT.read_text()
+@pytest.mark.parametrize("kind", sorted(UNITS))
+def test_unit_passes_systemd_analyze_verify(tmp_path, kind):
+    text = UNITS[kind].read_text()
     assert VENV_BIN in text
-    result = _verify(text, tmp_path)
+    result = _verify(text, tmp_path, UNITS[kind].name)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
 
 
@@ -123,8 +134,9 @@ def test_verify_reports_an_unknown_option(tmp_path):
     assert "Unknown key 'NoNewPrivilege'" in result.stderr
 
 
-def test_unit_rules():
-    assert unit_violations(UNIT.read_text()) == []
+@pytest.mark.parametrize("kind", sorted(UNITS))
+def test_unit_rules(kind):
+    assert unit_violations(UNITS[kind].read_text(), kind) == []
 
 
 def _drop(key):
@@ -147,15 +159,19 @@ MUTATIONS = {
     "plain-key": ("unit.secrets", lambda t: t.replace("[Service]\n", "[Service]\nEnvironment=EMBED_MODEL_KEY=00\n")),
     "debug": ("unit.env.DJANGO_DEBUG", lambda t: t.replace("DJANGO_DEBUG=false", "DJANGO_DEBUG=true")),
     "no-env-file": ("unit.env", _drop("EnvironmentFile")),
-    "no-migrate": ("unit.migrate_once", _drop("ExecStartPre")),
     "no-restart": ("unit.restart", _drop("Restart")),
 }
+# Rules of one kind of unit only.
+WEB_MUTATIONS = {"no-migrate": ("unit.migrate_once", _drop("ExecStartPre"))}
+WORKER_MUTATIONS = {"not-the-worker": ("unit.worker", lambda t: t.replace(" db_worker --no-reload", " db_worker"))}
+CASES = ([("web", m) for m in sorted({**MUTATIONS, **WEB_MUTATIONS})]
+         + [("worker", m) for m in sorted({**MUTATIONS, **WORKER_MUTATIONS})])
 
 
-@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
-def test_removing_a_unit_rule_fails_the_check(mutation):
-    rule, mutate = MUTATIONS[mutation]
-    text = UNIT.read_text()
+@pytest.mark.parametrize("kind,mutation", CASES)
+def test_removing_a_unit_rule_fails_the_check(kind, mutation):
+    rule, mutate = {**MUTATIONS, **WEB_MUTATIONS, **WORKER_MUTATIONS}[mutation]
+    text = UNITS[kind].read_text()
     changed = mutate(text)
     assert changed != text, "the mutation no longer applies to the unit"
-    assert rule in {p.split(":")[0] for p in unit_violations(changed)}
+    assert rule in {p.split(":")[0] for p in unit_violations(changed, kind)}
