@@ -214,6 +214,10 @@ def main():
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--ef-search", default="", help="hnsw.ef_search values to compare, e.g. 100,200,400 "
                                                          "(default: the portal's setting)")
+    parser.add_argument("--m", type=int, default=None, help="HNSW m (default: the portal's SEARCH_HNSW_M)")
+    parser.add_argument("--ef-construction", type=int, default=None,
+                        help="HNSW ef_construction (default: the portal's SEARCH_HNSW_EF_CONSTRUCTION)")
+    parser.add_argument("--section", default="vector_search", help="bench/RESULTS.md section to write")
     parser.add_argument("--maintenance-mb", type=int, default=6144)
     parser.add_argument("--numpy-max-bytes", type=float, default=6e9,
                         help="largest matrix the numpy baseline keeps in this process")
@@ -227,6 +231,10 @@ def main():
     from django.conf import settings
     from django.db import connection
 
+    if args.m:
+        settings.SEARCH_HNSW_M = args.m
+    if args.ef_construction:
+        settings.SEARCH_HNSW_EF_CONSTRUCTION = args.ef_construction
     ef_values = [int(v) for v in args.ef_search.split(",") if v] or [settings.SEARCH_HNSW_EF_SEARCH]
     from search.index import pg_vector_index
 
@@ -293,18 +301,21 @@ def main():
     if not args.no_write:
         from bench.results import write_section
 
-        write_section("vector_search", body)
+        write_section(args.section, body)
 
 
 def render(rows, args, settings) -> str:
     lines = [
-        "## Vector search on PostgreSQL + pgvector (`bench/vector_search.py`)",
+        "## Vector search on PostgreSQL + pgvector (`bench/vector_search.py`)" if args.section == "vector_search"
+        else f"### A denser graph: m={settings.SEARCH_HNSW_M}, ef_construction={settings.SEARCH_HNSW_EF_CONSTRUCTION}",
         "",
         f"Clustered synthetic unit vectors ({CENTRES:,} centres, noise {NOISE}), {args.queries} queries not in the "
         f"data; PostgreSQL 18 + pgvector 0.8 (pgserver), maintenance_work_mem {args.maintenance_mb} MB, "
-        f"HNSW m=16, ef_construction=64, iterative scan relaxed_order; run {time.strftime('%Y-%m-%d')} with "
+        f"HNSW m={settings.SEARCH_HNSW_M}, ef_construction={settings.SEARCH_HNSW_EF_CONSTRUCTION}, iterative scan relaxed_order; run {time.strftime('%Y-%m-%d')} with "
         f"`.venv/bin/python bench/vector_search.py --sizes {args.sizes} --dims {args.dims} --queries {args.queries}"
-        f"{' --ef-search ' + args.ef_search if args.ef_search else ''}`. Latencies are the portal's "
+        f"{' --ef-search ' + args.ef_search if args.ef_search else ''}"
+        f"{f' --m {args.m}' if args.m else ''}{f' --ef-construction {args.ef_construction}' if args.ef_construction else ''}"
+        f"{f' --section {args.section}' if args.section != 'vector_search' else ''}`. Latencies are the portal's "
         "PgVectorIndex.search in this process (SQL + fetching 10 rows), in ms; the machine has 2 cores.",
         "",
         "| dims | documents | ef_search | HNSW p50 / p95 | recall@10 | exact scan p50 (recall) | numpy p50 / p95 | "

@@ -314,6 +314,10 @@ TASK_WORKER_TORCH_THREADS = _env_int("TASK_WORKER_TORCH_THREADS", 1)
 # SEARCH_HNSW_EF_SEARCH candidates per search (bench/vector_search.py).
 SEARCH_EXACT_MAX_ROWS = _env_int("SEARCH_EXACT_MAX_ROWS", 10_000)
 SEARCH_HNSW_EF_SEARCH = _env_int("SEARCH_HNSW_EF_SEARCH", 100)
+# The HNSW graph's links per node and build-time candidate list, read when an
+# index is built (a change applies to indexes built after it).
+SEARCH_HNSW_M = _env_int("SEARCH_HNSW_M", 16)
+SEARCH_HNSW_EF_CONSTRUCTION = _env_int("SEARCH_HNSW_EF_CONSTRUCTION", 64)
 EMBEDDINGS_MAX_INPUTS = _env_int("EMBEDDINGS_MAX_INPUTS", 256)
 # Per token (API) and per user (session); counted in the shared cache.
 REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["search.throttles.TokenOrUserRateThrottle"]

@@ -172,6 +172,7 @@ def ensure_hnsw_index(dimensions: int) -> None:
         cursor.execute(
             f"CREATE INDEX IF NOT EXISTS {hnsw_index_name(dimensions)} ON search_document "
             f"USING hnsw ((vector::{kind}({dimensions})) {kind}_cosine_ops) "
+            f"WITH (m = {int(settings.SEARCH_HNSW_M)}, ef_construction = {int(settings.SEARCH_HNSW_EF_CONSTRUCTION)}) "
             f"WHERE vector_dims(vector) = {dimensions}")
     transaction.on_commit(lambda: _indexed_sizes.add(dimensions))
 

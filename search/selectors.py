@@ -33,3 +33,12 @@ def document_get(scope: Scope, kb: KnowledgeBase, doc_id) -> Document:
 
 def import_job_get(scope: Scope, job_id) -> ImportJob:
     return get_scoped_or_404(scope, ImportJob.objects.select_related("knowledge_base"), READ, pk=job_id)
+
+
+def import_job_list(scope: Scope, kb: KnowledgeBase):
+    """The knowledge base's imports, newest first."""
+    return scoped(scope, ImportJob, READ).filter(knowledge_base=kb).order_by("-id")
+
+
+def kb_import_job_get(scope: Scope, kb: KnowledgeBase, job_id) -> ImportJob:
+    return get_scoped_or_404(scope, ImportJob.objects.filter(knowledge_base=kb), READ, pk=job_id)

@@ -9,6 +9,7 @@ urlpatterns = [
     path("kbs/", views.kb_list_page, name="kb-list"),
     path("kbs/<int:kb_id>/", views.kb_detail_page, name="kb-detail"),
     path("kbs/<int:kb_id>/upload/", views.kb_upload, name="kb-upload"),
+    path("kbs/<int:kb_id>/imports/<int:job_id>/", views.kb_import, name="kb-import"),
     path("kbs/<int:kb_id>/delete/", views.kb_delete, name="kb-delete"),
     path("kbs/<int:kb_id>/documents/<int:doc_id>/delete/", views.document_delete, name="document-delete"),
     path("api/v1/search", api.SearchApi.as_view(), name="api-search"),

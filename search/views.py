@@ -8,7 +8,7 @@ from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from portal.access import capability_required
 from portal.api_errors import problem
@@ -111,28 +111,59 @@ def kb_list_page(request):
 def kb_detail_page(request, kb_id: int):
     kb = selectors.kb_get(request.scope, kb_id)
     page = Paginator(selectors.document_list(request.scope, kb), 50).get_page(request.GET.get("page"))
+    imports = [(job, _job_state(job)) for job in selectors.import_job_list(request.scope, kb)[:5]]
     return render(request, "search/kb_detail.html", {
-        "kb": kb, "page": page, "upload_form": UploadForm(),
+        "kb": kb, "page": page, "upload_form": UploadForm(), "imports": imports,
+        "unfinished": next((state for _, state in imports if not state["finished"]), None),
         "max_upload_mb": settings.KB_MAX_UPLOAD_BYTES // (1024 * 1024),
     })
+
+
+def _job_state(job) -> dict:
+    """What the page shows of an import: its state, progress and a sentence."""
+    if job.status == job.Status.QUEUED:
+        message = _("Waiting for the import worker…")
+    elif job.status == job.Status.RUNNING:
+        message = _("Embedding: %(done)d of %(total)d entries…") % {"done": job.done, "total": job.total}
+    elif job.status == job.Status.SUCCEEDED:
+        message = _("%(added)d entries added, %(skipped)d duplicates skipped.") % {
+            "added": job.added or 0, "skipped": job.skipped_duplicates or 0}
+    else:
+        message = _("Import failed: %(error)s") % {"error": job.error}
+    # The bar: the upload is its first tenth, the embedding the rest.
+    percent = 100 if job.status == job.Status.SUCCEEDED else 10 + (90 * job.done // job.total if job.total else 0)
+    return {"id": job.pk, "status": job.status, "total": job.total, "done": job.done, "percent": percent,
+            "added": job.added,
+            "skipped_duplicates": job.skipped_duplicates, "message": message, "finished": job.finished_at is not None,
+            "url": reverse("kb-import", kwargs={"kb_id": job.knowledge_base_id, "job_id": job.pk})}
 
 
 @login_required
 @require_POST
 @capability_required("kb.manage")
 def kb_upload(request, kb_id: int):
-    """Multipart upload; answers JSON (the page shows progress with XHR)."""
+    """Multipart upload: the file is checked now (a refused one answers 4xx)
+    and imported by the task worker; 202 with the job's address, which the
+    page polls (kb_import) to show progress."""
     kb = selectors.kb_get(request.scope, kb_id)
     upload = request.FILES.get("file")
     try:
-        result = services.documents_import_file(scope=request.scope, kb=kb, name=upload.name if upload else "",
-                                                file=upload, size=upload.size if upload else 0)
+        job = services.import_job_submit(scope=request.scope, kb=kb, name=upload.name if upload else "",
+                                         file=upload, size=upload.size if upload else 0)
     except Exception as exc:
         status, message = _failure_message(exc)
         return JsonResponse(problem(status, message), status=status, content_type="application/problem+json")
-    return JsonResponse({"added": result.added, "skipped_duplicates": result.skipped,
-                         "message": _("%(added)d entries added, %(skipped)d duplicates skipped.")
-                         % {"added": result.added, "skipped": result.skipped}})
+    state = _job_state(job)
+    return JsonResponse(state, status=202, headers={"Location": state["url"]})
+
+
+@login_required
+@require_GET
+@capability_required("kb.read")
+def kb_import(request, kb_id: int, job_id: int):
+    """One import of this knowledge base, as JSON: what the page's progress bar reads."""
+    kb = selectors.kb_get(request.scope, kb_id)
+    return JsonResponse(_job_state(selectors.kb_import_job_get(request.scope, kb, job_id)))
 
 
 @login_required

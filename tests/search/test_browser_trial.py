@@ -46,6 +46,9 @@ def demo_server(tmp_path_factory, sealed_minilm, model_key):
     log = open(tmp / "gunicorn.log", "w")
     server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", "portal/gunicorn.conf.py",
                                "portal.wsgi"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    # The task worker beside it, as `make run` starts it: uploads are imported there.
+    worker = subprocess.Popen(manage + ["db_worker", "--no-reload", "--interval", "0.5"], env=env, cwd=ROOT,
+                              stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -61,11 +64,12 @@ def demo_server(tmp_path_factory, sealed_minilm, model_key):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         yield {"base": base, "env": env, "tmp": tmp}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        for process in (server, worker):
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
         log.close()
 
 
@@ -203,7 +207,9 @@ def test_a_double_clicked_upload_imports_once_and_stores_each_line_once(demo_ser
         page.set_input_files("#id_file", files=[{"name": "trial.txt", "mimeType": "text/plain",
                                                  "buffer": "\n".join(lines).encode()}])
         page.dblclick("#upload-form button[type=submit]")
-        expect(page.locator("#upload-message")).to_contain_text("2")
+        # The upload answers 202, the page follows the worker's progress, then reloads with the import listed.
+        expect(page.locator("#imports tr[data-status=succeeded]").first).to_contain_text(
+            "2 entries added, 0 duplicates skipped.", timeout=120_000)
         assert len(uploads) == 1, uploads
         page.goto(f"{session.base}/kbs/{kb}/?page=2")
         body = page.content()

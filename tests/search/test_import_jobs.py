@@ -2,6 +2,8 @@
 job's address), the task worker (`manage.py db_worker`, run here in-process
 with --batch) imports, and the job resource shows how it went. The audit has
 the submission and the end, both tied to who asked and from where."""
+import re
+
 import pytest
 from django.core.management import call_command
 
@@ -86,3 +88,75 @@ def test_a_searcher_may_read_a_job_but_not_submit_one(faq_kb, people, token_for)
     assert searcher.get(job["url"]).status_code == 200
     assert _upload(searcher, faq_kb, LINES.encode()).status_code in (403, 404)
     assert token_for(people["bob"], "globex").get(job["url"]).status_code == 404
+
+
+# --- the page: upload, then the import's progress --------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_page_upload_queues_and_the_page_follows_the_import(faq_kb, people, client):  # noqa: F811
+    """The page's upload answers 202 with the import's address at once; that
+    address (what the page's bar reads) and the knowledge base's page show
+    the import waiting, running with its count, and finished with its result."""
+    client.force_login(people["carol"])
+    response = client.post(f"/kbs/{faq_kb.pk}/upload/", {"file": _named(LINES.encode(), "notes.txt")})
+    assert response.status_code == 202, response.content
+    state = response.json()
+    assert response["Location"] == state["url"] == f"/kbs/{faq_kb.pk}/imports/{state['id']}/"
+    assert (state["status"], state["total"], state["done"]) == ("queued", 3, 0)
+    assert state["message"] == "Waiting for the import worker…"
+    page = client.get(f"/kbs/{faq_kb.pk}/").content.decode()
+    assert f'data-job-url="{state["url"]}"' in page  # a reloaded page goes on following it
+    assert "Waiting for the import worker…" in page
+
+    ImportJob.objects.filter(pk=state["id"]).update(status="running", done=2)  # as the worker reports it
+    assert client.get(state["url"]).json()["message"] == "Embedding: 2 of 3 entries…"
+    assert 'value="70"' in client.get(f"/kbs/{faq_kb.pk}/").content.decode()
+    ImportJob.objects.filter(pk=state["id"]).update(status="queued", done=0)
+
+    _work()
+
+    finished = client.get(state["url"]).json()
+    assert (finished["status"], finished["added"], finished["skipped_duplicates"]) == ("succeeded", 3, 0)
+    assert finished["message"] == "3 entries added, 0 duplicates skipped."
+    page = client.get(f"/kbs/{faq_kb.pk}/").content.decode()
+    assert "data-job-url" not in page
+    assert re.search(r'<tr data-status="succeeded"><td class="source">notes.txt</td>.*3 entries added', page)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_import_shows_as_an_error_on_the_page(faq_kb, people, client):  # noqa: F811
+    client.force_login(people["carol"])
+    state = client.post(f"/kbs/{faq_kb.pk}/upload/", {"file": _named(LINES.encode(), "notes.txt")}).json()
+    type(faq_kb).objects.filter(pk=faq_kb.pk).update(model_id="another/model")
+    _work()
+    failed = client.get(state["url"]).json()
+    assert failed["status"] == "failed" and failed["message"].startswith("Import failed: ")
+    assert "another/model" in failed["message"]
+    assert '<tr data-status="failed">' in client.get(f"/kbs/{faq_kb.pk}/").content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_import_is_read_only_through_its_own_knowledge_base_and_tenant(faq_kb, people, client):  # noqa: F811
+    from portal.scope import Scope
+    from search.services import kb_create
+
+    client.force_login(people["carol"])
+    state = client.post(f"/kbs/{faq_kb.pk}/upload/", {"file": _named(LINES.encode(), "notes.txt")}).json()
+    other = kb_create(scope=Scope(tenant=faq_kb.tenant, user=people["carol"]), name="Other")
+    assert client.get(f"/kbs/{other.pk}/imports/{state['id']}/").status_code == 404
+    assert client.post(state["url"]).status_code == 405
+    client.force_login(people["alice"])  # a searcher of the tenant may watch it
+    assert client.get(state["url"]).status_code == 200
+    client.force_login(people["bob"])  # another tenant's user may not
+    assert client.get(state["url"]).status_code in (403, 404)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_import_state_speaks_the_page_language(faq_kb, people, client):  # noqa: F811
+    client.force_login(people["carol"])
+    state = client.post(f"/kbs/{faq_kb.pk}/upload/", {"file": _named(LINES.encode(), "notes.txt")},
+                        HTTP_ACCEPT_LANGUAGE="zh-CN").json()
+    assert state["message"] == "正在等待导入进程…"
+    page = client.get(f"/kbs/{faq_kb.pk}/", HTTP_ACCEPT_LANGUAGE="zh-CN").content.decode()
+    assert "最近的导入" in page and "Recent imports" not in page

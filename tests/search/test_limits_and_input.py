@@ -152,6 +152,7 @@ def test_upload_over_the_size_limit(faq_kb, people, client, settings):
     assert faq_kb.documents.count() == 60
 
 
+@pytest.mark.django_db(transaction=True)
 def test_upload_imports_skips_duplicates_and_audits(faq_kb, people, client):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
@@ -159,8 +160,12 @@ def test_upload_imports_skips_duplicates_and_audits(faq_kb, people, client):
     existing = faq_kb.documents.first().text
     csv_bytes = f'text,source\n"{existing}",faq\nThe cafeteria closes at 3 pm.,ops\n'.encode()
     response = client.post(f"/kbs/{faq_kb.pk}/upload/", {"file": SimpleUploadedFile("more.csv", csv_bytes)})
-    assert response.status_code == 200
-    assert response.json()["added"] == 1 and response.json()["skipped_duplicates"] == 1
+    assert response.status_code == 202 and response.json()["status"] == "queued"
+    assert response["Location"] == response.json()["url"]
+    call_command("db_worker", "--batch", "--no-startup-delay", verbosity=0)
+    job = client.get(response["Location"]).json()
+    assert (job["status"], job["added"], job["skipped_duplicates"]) == ("succeeded", 1, 1)
+    assert job["message"] == "1 entries added, 1 duplicates skipped."
     event = AuditEvent.objects.filter(action="doc.import").latest("id")
     assert event.detail["added"] == 1 and event.username == "carol" and event.kb_id == faq_kb.pk
 

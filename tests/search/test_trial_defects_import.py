@@ -4,6 +4,7 @@ the page's language, upload errors, deleting an entry, the source file of an
 entry, and NUL characters through the API."""
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from django.db import connection
 from django.test import Client
 
 from audit.ledger.models import AuditEvent
-from search.models import Document, KnowledgeBase
+from search.models import Document, ImportJob, KnowledgeBase
 from tests.search.portal_fixtures import faq_kb, people, served, token_for  # noqa: F401
 
 LINES = ["The VPN token is renewed every 90 days.", "Printers are on floor 2.",
@@ -30,22 +31,15 @@ def refusals(**filters):
 
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_uploads_of_one_file_both_succeed(served, tenants, people, monkeypatch):
+    """Two page uploads at once both answer 202 and queue a job each; two
+    workers running those jobs at the same moment both succeed, and each line
+    is stored once (the second skips what the first stored)."""
     from portal.scope import Scope
-    from search.services import kb_create
+    from search.models import ImportJob
+    from search.services import import_job_run, kb_create
 
     kb = kb_create(scope=Scope(tenant=tenants["acme"], user=people["carol"]), name="Race")
     data = ("\n".join(LINES) + "\n").encode()
-    # Both requests read the stored digests before either writes: hold each at
-    # the model (after that read) until the other has arrived there too.
-    arrived = threading.Barrier(2, timeout=60)
-    embed = served.embed
-
-    def embed_together(texts, **options):
-        if options.get("kind") == "document":
-            arrived.wait()
-        return embed(texts, **options)
-
-    monkeypatch.setattr(served, "embed", embed_together)
     clients = [Client(), Client()]
     for client in clients:
         client.force_login(people["carol"])
@@ -64,16 +58,63 @@ def test_two_concurrent_uploads_of_one_file_both_succeed(served, tenants, people
         thread.start()
     for thread in threads:
         thread.join(120)
-    assert [getattr(a, "status_code", a) for a in answers] == [200, 200]
-    bodies = [a.json() for a in answers]
-    assert sorted(b["added"] for b in bodies) == [0, len(LINES)]
-    assert sorted(b["skipped_duplicates"] for b in bodies) == [0, len(LINES)]
+    assert [getattr(a, "status_code", a) for a in answers] == [202, 202]
+    jobs = sorted(a.json()["id"] for a in answers)
+    assert sorted(ImportJob.objects.filter(knowledge_base=kb).values_list("id", flat=True)) == jobs
+
+    # Both jobs read the stored digests before either writes: hold each at
+    # the model (after that read) until the other has arrived there too.
+    arrived = threading.Barrier(2, timeout=60)
+    embed = served.embed
+
+    def embed_together(texts, **options):
+        if options.get("kind") == "document":
+            arrived.wait()
+        return embed(texts, **options)
+
+    monkeypatch.setattr(served, "embed", embed_together)
+    failures = []
+
+    def work(job_id):
+        try:
+            import_job_run(job_id)
+        except Exception as exc:
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert failures == []
+    finished = ImportJob.objects.filter(knowledge_base=kb)
+    assert sorted(finished.values_list("status", "added", "skipped_duplicates")) == [
+        ("succeeded", 0, len(LINES)), ("succeeded", len(LINES), 0)]
     for line in LINES:
         assert Document.objects.filter(knowledge_base=kb, text=line).count() == 1
     imports = AuditEvent.objects.filter(action="doc.import").order_by("seq")
     assert [e.outcome for e in imports] == ["success", "success"]
     assert [(e.detail["added"], e.detail["skipped_duplicates"]) for e in imports] == [(4, 0), (0, 4)]
     assert [e.kb_lines for e in imports] == [4, 4]
+
+
+def _work_when_queued(kb) -> None:
+    """Run the task worker once the page's upload has queued its import (in a
+    thread: Playwright's loop owns the test's)."""
+    from django_tasks_db.management.commands.db_worker import Worker
+
+    try:
+        for _ in range(600):
+            if ImportJob.objects.filter(knowledge_base=kb).exists():
+                break
+            time.sleep(0.1)
+        # db_worker's own Worker, without the command's signal handlers (main thread only).
+        Worker(queue_names=["default"], interval=0.1, batch=True, backend_name="default", startup_delay=False,
+               max_tasks=None, worker_id="test-worker", excluded_queue_names=[]).run()
+    finally:
+        connection.close()
 
 
 @pytest.mark.slow
@@ -120,8 +161,12 @@ def test_in_a_browser_a_double_click_sends_one_upload_and_an_error_looks_like_on
             page.set_input_files("#id_file", str(good))
             button.dblclick()
             assert button.is_disabled()
+            worker = threading.Thread(target=_work_when_queued, args=(kb,))  # the task worker, here
+            worker.start()
             page.wait_for_selector(f"text={LINES[1]}", timeout=60_000)  # the page reloads with the entries
+            worker.join(60)
             assert len(uploads) == 2
+            assert "4 entries added, 0 duplicates skipped." in page.locator("#imports").inner_text()
 
             asked = []
             page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
@@ -265,6 +310,7 @@ def test_deleting_an_entry_asks_first_and_returns_to_its_page(faq_kb, people, cl
     assert odd["Location"] == f"/kbs/{faq_kb.pk}/"
 
 
+@pytest.mark.django_db(transaction=True)
 def test_each_entry_shows_the_file_it_came_from(served, tenants, people, client, token_for, tmp_path):
     from portal.scope import Scope
     from search.services import kb_create
@@ -273,7 +319,8 @@ def test_each_entry_shows_the_file_it_came_from(served, tenants, people, client,
     client.force_login(people["carol"])
     for name, text in (("hr.txt", "Holidays are booked in the HR portal.\n"),
                        ("it.txt", "Passwords expire every 90 days.\n")):
-        assert client.post(f"/kbs/{kb.pk}/upload/", {"file": SimpleUploadedFile(name, text.encode())}).status_code == 200
+        assert client.post(f"/kbs/{kb.pk}/upload/", {"file": SimpleUploadedFile(name, text.encode())}).status_code == 202
+        call_command("db_worker", "--batch", "--no-startup-delay", verbosity=0)
     assert token_for(people["carol"]).post(f"/api/v1/kbs/{kb.pk}/documents", {"documents": ["Badges at reception."]},
                                            format="json").status_code == 201
     source = tmp_path / "ops.jsonl"
