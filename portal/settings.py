@@ -304,11 +304,18 @@ KB_MAX_UPLOAD_BYTES = _env_int("KB_MAX_UPLOAD_BYTES", 8 * 1024 * 1024)
 KB_MAX_IMPORT_ENTRIES = _env_int("KB_MAX_IMPORT_ENTRIES", 200_000)
 KB_MAX_DOCUMENT_CHARS = _env_int("KB_MAX_DOCUMENT_CHARS", 8000)
 KB_IMPORT_BATCH = _env_int("KB_IMPORT_BATCH", 64)
+# PostgreSQL: entries embedded and written (COPY) per step of an import; what
+# an import holds in memory besides the file (search.services.documents_import).
+KB_IMPORT_STORE_BATCH = _env_int("KB_IMPORT_STORE_BATCH", 1000)
 # File imports run as tasks (search/tasks.py) in `manage.py db_worker`, queued
 # in the database (django-tasks, the API Django 6 ships as django.tasks).
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
 # Torch threads of the task worker: imports leave the other cores to searches.
 TASK_WORKER_TORCH_THREADS = _env_int("TASK_WORKER_TORCH_THREADS", 1)
+# A running import whose worker has not reported for this long is taken as
+# lost (the worker was killed; its transaction never committed): it is marked
+# failed and audited, so the page stops waiting for it.
+IMPORT_JOB_STALE_SECONDS = _env_int("IMPORT_JOB_STALE_SECONDS", 900)
 # PostgreSQL (pgvector): a knowledge base of at most this many documents is
 # searched exactly; a larger one through the HNSW index, which reads about
 # SEARCH_HNSW_EF_SEARCH candidates per search (bench/vector_search.py).
@@ -316,8 +323,8 @@ SEARCH_EXACT_MAX_ROWS = _env_int("SEARCH_EXACT_MAX_ROWS", 10_000)
 SEARCH_HNSW_EF_SEARCH = _env_int("SEARCH_HNSW_EF_SEARCH", 100)
 # The HNSW graph's links per node and build-time candidate list, read when an
 # index is built (a change applies to indexes built after it).
-SEARCH_HNSW_M = _env_int("SEARCH_HNSW_M", 16)
-SEARCH_HNSW_EF_CONSTRUCTION = _env_int("SEARCH_HNSW_EF_CONSTRUCTION", 64)
+SEARCH_HNSW_M = _env_int("SEARCH_HNSW_M", 32)
+SEARCH_HNSW_EF_CONSTRUCTION = _env_int("SEARCH_HNSW_EF_CONSTRUCTION", 128)
 EMBEDDINGS_MAX_INPUTS = _env_int("EMBEDDINGS_MAX_INPUTS", 256)
 # Per token (API) and per user (session); counted in the shared cache.
 REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["search.throttles.TokenOrUserRateThrottle"]

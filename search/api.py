@@ -364,7 +364,10 @@ class ImportDetailApi(SearchApiView):
     @extend_schema(summary="An import job: its status and progress", tags=["documents"],
                    responses=ImportJobSerializer)
     def get(self, request, job_id: int):
-        return Response(ImportJobSerializer(selectors.import_job_get(self.scope, job_id)).data)
+        job = selectors.import_job_get(self.scope, job_id)
+        if services.import_jobs_fail_lost([job]):
+            job.refresh_from_db()
+        return Response(ImportJobSerializer(job).data)
 
 
 class EmbeddingItemSerializer(serializers.Serializer):

@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+from datetime import timedelta
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
@@ -330,13 +332,19 @@ def kb_delete(*, scope: Scope, kb: KnowledgeBase) -> None:
 
 def documents_import(*, scope: Scope, kb: KnowledgeBase, entries: list[Entry], source: str = "",
                      progress=None) -> ImportResult:
-    """Embed new entries in batches, then store them all in one transaction.
+    """Embed and store new entries; all or nothing.
 
     Duplicates (same text already in the knowledge base or earlier in the
     file) are skipped. Nothing is written unless every entry embedded. Two
-    imports at once both succeed: the digests are read again under the
-    knowledge base's lock, and whatever the other stored meanwhile is skipped.
-    A refused import is audited (outcome ``rejected``) and stores nothing.
+    imports into one knowledge base at once both succeed: the second waits
+    for the first and skips whatever it stored. A refused import is audited
+    (outcome ``rejected``) and stores nothing.
+
+    On PostgreSQL the entries are embedded and written (COPY) a batch at a
+    time inside one transaction, so memory does not grow with the file's
+    size; elsewhere (SQLite, whose one write lock the searches' audit records
+    need too) they are all embedded first and written in one short
+    transaction.
     """
     try:
         _check_entries(entries)
@@ -344,59 +352,137 @@ def documents_import(*, scope: Scope, kb: KnowledgeBase, entries: list[Entry], s
         record_refusal(scope, "doc.import", exc, detail={"source": source[:200]}, **_kb_fields(kb))
         raise
     engine = get_engine()
+    _check_model(kb, engine)
+    fresh, skipped_lines = [], []
+    seen = set()
+    for entry in entries:
+        digest = text_digest(entry.text)
+        if digest in seen:
+            skipped_lines.append(entry.line)
+            continue
+        seen.add(digest)
+        fresh.append((entry, digest))
+    del seen
+    if connection.vendor == "postgresql":
+        with transaction.atomic():
+            added, already, truncated = _write_in_batches(kb, engine, fresh, source, progress)
+            skipped_lines.extend(already)
+            _record_import(scope, kb, engine, source, added, len(skipped_lines), truncated)
+    else:
+        # Embedded before the transaction: SQLite's one write lock is taken
+        # when it begins, and the searches' audit records need it too.
+        todo, already, matrix, truncated = _embed_new(kb, engine, fresh, progress)
+        with transaction.atomic():
+            added, raced = _store_embedded(kb, engine, todo, matrix, source)
+            skipped_lines.extend(already + raced)
+            _record_import(scope, kb, engine, source, added, len(skipped_lines), truncated)
+    kb.refresh_from_db()
+    return ImportResult(added=added, skipped=len(skipped_lines), truncated=truncated,
+                        skipped_lines=sorted(skipped_lines)[:100])
+
+
+def _record_import(scope: Scope, kb: KnowledgeBase, engine, source: str, added: int, skipped: int,
+                   truncated: int) -> None:
+    """The end of an import, in its transaction: the index, the knowledge base's revision, the record."""
+    if added:
+        # After the rows: the first import of a size builds the index over
+        # them at once, which is faster than growing it row by row.
+        ensure_hnsw_index(engine.dimensions)
+    if added or not kb.model_id:
+        KnowledgeBase.objects.filter(pk=kb.pk).update(
+            model_id=engine.model_id, dimensions=engine.dimensions, revision=new_revision())
+    record_event(action="doc.import", user=scope.user, context=scope.context, **_kb_fields(kb),
+                 kb_lines=Document.objects.filter(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk).count(),
+                 model_id=engine.model_id,
+                 detail={"added": added, "skipped_duplicates": skipped, "truncated": truncated,
+                         "source": source[:200]})
+
+
+def _check_model(kb: KnowledgeBase, engine) -> None:
     if kb.model_id and kb.model_id != engine.model_id:
         raise ModelMismatch(f"knowledge base {kb.name!r} was built with {kb.model_id}; "
                             f"the portal serves {engine.model_id}")
-    existing = set(kb.documents.values_list("digest", flat=True))
-    fresh, skipped_lines = [], []
-    for entry in entries:
-        digest = text_digest(entry.text)
-        if digest in existing:
-            skipped_lines.append(entry.line)
-            continue
-        existing.add(digest)
-        fresh.append((entry, digest))
+
+
+def _lock_kb(kb: KnowledgeBase, engine) -> None:
+    """Serialise imports into ``kb`` until the transaction ends, and check its
+    model again under the lock."""
+    locked = KnowledgeBase.objects.select_for_update().get(pk=kb.pk)
+    _check_model(locked, engine)
+
+
+def _stored(kb: KnowledgeBase, digests: list[str]) -> set[str]:
+    """Which of these digests the knowledge base holds already."""
+    if not digests:
+        return set()
+    return set(Document.objects.filter(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk, digest__in=digests)
+               .values_list("digest", flat=True))
+
+
+def _embed(engine, pairs: list) -> tuple[np.ndarray, int]:
+    """Document vectors of (entry, digest) pairs, KB_IMPORT_BATCH at a time; and how many were cut."""
     vectors, truncated = [], 0
-    batch = settings.KB_IMPORT_BATCH
-    for start in range(0, len(fresh), batch):
-        chunk = fresh[start:start + batch]
-        result = engine.embed([entry.text for entry, _ in chunk], kind="document")
+    for start in range(0, len(pairs), settings.KB_IMPORT_BATCH):
+        result = engine.embed([entry.text for entry, _ in pairs[start:start + settings.KB_IMPORT_BATCH]],
+                              kind="document")
         vectors.append(result.vectors)
         truncated += sum(result.truncated)
+    return (np.concatenate(vectors) if vectors else np.empty((0, engine.dimensions), np.float32)), truncated
+
+
+def _documents(kb: KnowledgeBase, pairs: list, source: str) -> list[Document]:
+    return [Document(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk, text=entry.text, source_line=entry.line,
+                     source_name=source[:200], digest=digest) for entry, digest in pairs]
+
+
+def _embed_new(kb, engine, fresh, progress) -> tuple[list, list[int], np.ndarray, int]:
+    """The entries the knowledge base does not hold, their vectors, the lines
+    it holds already and how many were cut; reporting progress."""
+    known = set(Document.objects.filter(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk)
+                .values_list("digest", flat=True))
+    todo = [(entry, digest) for entry, digest in fresh if digest not in known]
+    vectors, truncated = [], 0
+    for start in range(0, len(todo), settings.KB_IMPORT_BATCH):
+        part, cut = _embed(engine, todo[start:start + settings.KB_IMPORT_BATCH])
+        vectors.append(part)
+        truncated += cut
         if progress:
-            progress(min(start + batch, len(fresh)), len(fresh))
+            progress(min(start + settings.KB_IMPORT_BATCH, len(todo)), len(todo))
     matrix = np.concatenate(vectors) if vectors else np.empty((0, engine.dimensions), np.float32)
-    with transaction.atomic():
-        locked = KnowledgeBase.objects.select_for_update().get(pk=kb.pk)
-        if locked.model_id and locked.model_id != engine.model_id:
-            raise ModelMismatch(f"knowledge base {kb.name!r} was built with {locked.model_id}")
-        # Another import may have stored some of these since they were read
-        # above (a double-clicked upload): under the lock, skip those too.
-        stored = set(Document.objects.filter(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk,
-                                             digest__in=[d for _, d in fresh])
-                     .values_list("digest", flat=True)) if fresh else set()
-        rows = [(i, entry, digest) for i, (entry, digest) in enumerate(fresh) if digest not in stored]
-        skipped_lines.extend(entry.line for entry, digest in fresh if digest in stored)
-        store_documents([
-            Document(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk, text=entry.text, source_line=entry.line,
-                     source_name=source[:200], digest=digest)
-            for _, entry, digest in rows
-        ], matrix[[i for i, _, _ in rows]])
-        if rows:
-            # After the rows: the first import of a size builds the index over
-            # them at once, which is faster than growing it row by row.
-            ensure_hnsw_index(engine.dimensions)
-        if rows or not locked.model_id:
-            KnowledgeBase.objects.filter(pk=kb.pk).update(
-                model_id=engine.model_id, dimensions=engine.dimensions, revision=new_revision())
-        record_event(action="doc.import", user=scope.user, context=scope.context, **_kb_fields(kb),
-                     kb_lines=Document.objects.filter(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk).count(),
-                     model_id=engine.model_id,
-                     detail={"added": len(rows), "skipped_duplicates": len(skipped_lines),
-                             "truncated": truncated, "source": source[:200]})
-    kb.refresh_from_db()
-    return ImportResult(added=len(rows), skipped=len(skipped_lines), truncated=truncated,
-                        skipped_lines=sorted(skipped_lines)[:100])
+    return todo, [entry.line for entry, digest in fresh if digest in known], matrix, truncated
+
+
+def _store_embedded(kb, engine, todo, matrix, source) -> tuple[int, list[int]]:
+    """Lock and store embedded entries; (added, lines another import stored meanwhile)."""
+    _lock_kb(kb, engine)
+    # Another import may have stored some of these since they were read
+    # (a double-clicked upload): under the lock, skip those too.
+    stored = _stored(kb, [d for _, d in todo])
+    keep = [i for i, (_, digest) in enumerate(todo) if digest not in stored]
+    store_documents(_documents(kb, [todo[i] for i in keep], source), matrix[keep])
+    return len(keep), [entry.line for entry, digest in todo if digest in stored]
+
+
+def _write_in_batches(kb, engine, fresh, source, progress) -> tuple[int, list[int], int]:
+    """PostgreSQL: lock, then for each KB_IMPORT_STORE_BATCH entries skip the
+    stored ones, embed the rest and COPY them, in the caller's transaction:
+    memory holds one batch, and nothing is visible until every batch is in.
+    Searches go on reading the committed rows meanwhile. (added, lines
+    already stored, truncated)."""
+    _lock_kb(kb, engine)
+    added, already, truncated = 0, [], 0
+    step = settings.KB_IMPORT_STORE_BATCH
+    for start in range(0, len(fresh), step):
+        chunk = fresh[start:start + step]
+        stored = _stored(kb, [d for _, d in chunk])
+        todo = [(entry, digest) for entry, digest in chunk if digest not in stored]
+        already.extend(entry.line for entry, digest in chunk if digest in stored)
+        vectors, cut = _embed(engine, todo)
+        store_documents(_documents(kb, todo, source), vectors)
+        added, truncated = added + len(todo), truncated + cut
+        if progress:
+            progress(min(start + step, len(fresh)), len(fresh))
+    return added, already, truncated
 
 
 def _kb_fields(kb: KnowledgeBase) -> dict:
@@ -508,15 +594,24 @@ def import_job_run(job_id: int) -> None:
     """Run one queued import (the task worker calls this). Claims the job so a
     retried task never imports twice; ends with ``doc.import`` (written by
     documents_import) or ``doc.import.failed``, and drops the file's bytes."""
+    import_jobs_fail_lost()
+    now = timezone.now()
     claimed = ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.QUEUED).update(
-        status=ImportJob.Status.RUNNING, started_at=timezone.now())
+        status=ImportJob.Status.RUNNING, started_at=now, heartbeat_at=now)
     if not claimed:
         return
     job = ImportJob.objects.select_related("tenant", "knowledge_base", "created_by").get(pk=job_id)
     scope = _job_scope(job)
 
+    # Progress is written on a connection of its own: on PostgreSQL the
+    # import's rows go in one transaction, and the page must see the count
+    # while it is open.
+    side = connections.create_connection(DEFAULT_DB_ALIAS)
+
     def progress(done: int, total: int) -> None:
-        ImportJob.objects.filter(pk=job.pk).update(done=done)
+        with side.cursor() as cursor:
+            cursor.execute(f"UPDATE {ImportJob._meta.db_table} SET done = %s, heartbeat_at = %s WHERE id = %s",
+                           [done, timezone.now(), job.pk])
 
     try:
         entries = parse_entries(bytes(job.payload), job.format, max_entries=settings.KB_MAX_IMPORT_ENTRIES,
@@ -535,9 +630,39 @@ def import_job_run(job_id: int) -> None:
         except AuditUnavailable:
             pass  # record_event has logged it
         raise
+    finally:
+        side.close()
     ImportJob.objects.filter(pk=job.pk).update(
         status=ImportJob.Status.SUCCEEDED, done=job.total, added=result.added, skipped_duplicates=result.skipped,
         truncated=result.truncated, payload=None, finished_at=timezone.now())
+
+
+LOST_WORKER = gettext_noop("the import worker stopped before the import ended; nothing was stored: "
+                           "send the file again")
+
+
+def import_jobs_fail_lost(jobs=None) -> int:
+    """Mark failed (and audit) the running imports whose worker has not
+    reported for IMPORT_JOB_STALE_SECONDS: it was killed, and its transaction
+    never committed. Each is ended once, whoever notices first (a worker's
+    next task, or someone reading the job). How many were ended."""
+    cutoff = timezone.now() - timedelta(seconds=settings.IMPORT_JOB_STALE_SECONDS)
+    lost = ImportJob.objects.filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff),
+                                    status=ImportJob.Status.RUNNING)
+    if jobs is not None:
+        lost = lost.filter(pk__in=[job.pk for job in jobs])
+    ended = 0
+    for job in lost.select_related("tenant", "knowledge_base", "created_by"):
+        with transaction.atomic():
+            if not ImportJob.objects.filter(pk=job.pk, status=ImportJob.Status.RUNNING).update(
+                    status=ImportJob.Status.FAILED, error=LOST_WORKER, payload=None, finished_at=timezone.now()):
+                continue  # another process ended it first
+            scope = _job_scope(job)
+            record_event(action="doc.import.failed", outcome=Outcome.FAILURE, user=scope.user, context=scope.context,
+                         **_kb_fields(job.knowledge_base),
+                         detail={"job": job.pk, "error": "WorkerLost", "source": job.source_name})
+        ended += 1
+    return ended
 
 
 def document_delete(*, scope: Scope, document: Document) -> None:

@@ -111,7 +111,10 @@ def kb_list_page(request):
 def kb_detail_page(request, kb_id: int):
     kb = selectors.kb_get(request.scope, kb_id)
     page = Paginator(selectors.document_list(request.scope, kb), 50).get_page(request.GET.get("page"))
-    imports = [(job, _job_state(job)) for job in selectors.import_job_list(request.scope, kb)[:5]]
+    recent = list(selectors.import_job_list(request.scope, kb)[:5])
+    if services.import_jobs_fail_lost(recent):
+        recent = list(selectors.import_job_list(request.scope, kb)[:5])
+    imports = [(job, _job_state(job)) for job in recent]
     return render(request, "search/kb_detail.html", {
         "kb": kb, "page": page, "upload_form": UploadForm(), "imports": imports,
         "unfinished": next((state for _, state in imports if not state["finished"]), None),
@@ -129,7 +132,7 @@ def _job_state(job) -> dict:
         message = _("%(added)d entries added, %(skipped)d duplicates skipped.") % {
             "added": job.added or 0, "skipped": job.skipped_duplicates or 0}
     else:
-        message = _("Import failed: %(error)s") % {"error": job.error}
+        message = _("Import failed: %(error)s") % {"error": _(job.error) if job.error else ""}
     # The bar: the upload is its first tenth, the embedding the rest.
     percent = 100 if job.status == job.Status.SUCCEEDED else 10 + (90 * job.done // job.total if job.total else 0)
     return {"id": job.pk, "status": job.status, "total": job.total, "done": job.done, "percent": percent,
@@ -163,7 +166,10 @@ def kb_upload(request, kb_id: int):
 def kb_import(request, kb_id: int, job_id: int):
     """One import of this knowledge base, as JSON: what the page's progress bar reads."""
     kb = selectors.kb_get(request.scope, kb_id)
-    return JsonResponse(_job_state(selectors.kb_import_job_get(request.scope, kb, job_id)))
+    job = selectors.kb_import_job_get(request.scope, kb, job_id)
+    if services.import_jobs_fail_lost([job]):
+        job.refresh_from_db()
+    return JsonResponse(_job_state(job))
 
 
 @login_required

@@ -58,14 +58,17 @@ def minilm_reference(minilm_dir):
     return SentenceTransformer(str(minilm_dir), device="cpu")
 
 
-def build_tiny_qwen3(folder: Path, *, seed: int = 0) -> Path:
-    """A random 2-layer Qwen3 embedding model in sentence-transformers layout (last-token pooling)."""
+def build_tiny_qwen3(folder: Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 2,
+                     words=None) -> Path:
+    """A random Qwen3 embedding model (2 layers of 64 by default) in
+    sentence-transformers layout (last-token pooling); bench/import_memory.py
+    builds a wider one."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
     vocab = {"<|endoftext|>": 0, "[UNK]": 1}
-    for word in TINY_WORDS:
+    for word in words or TINY_WORDS:
         vocab.setdefault(word, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.normalizer = normalizers.Lowercase()
@@ -84,10 +87,10 @@ def build_tiny_qwen3(folder: Path, *, seed: int = 0) -> Path:
     )
     tokenizer.save_pretrained(folder)
     config = Qwen3Config(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        vocab_size=max(64, len(vocab)),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=16,
@@ -103,7 +106,7 @@ def build_tiny_qwen3(folder: Path, *, seed: int = 0) -> Path:
             {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
         ],
         "1_Pooling/config.json": {
-            "word_embedding_dimension": 64,
+            "word_embedding_dimension": hidden_size,
             "pooling_mode_lasttoken": True,
             "include_prompt": True,
         },

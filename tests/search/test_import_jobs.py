@@ -3,9 +3,11 @@ job's address), the task worker (`manage.py db_worker`, run here in-process
 with --batch) imports, and the job resource shows how it went. The audit has
 the submission and the end, both tied to who asked and from where."""
 import re
+import threading
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 
 from audit.models import AuditEvent
 from search.models import Document, ImportJob
@@ -160,3 +162,132 @@ def test_the_import_state_speaks_the_page_language(faq_kb, people, client):  # n
     assert state["message"] == "正在等待导入进程…"
     page = client.get(f"/kbs/{faq_kb.pk}/", HTTP_ACCEPT_LANGUAGE="zh-CN").content.decode()
     assert "最近的导入" in page and "Recent imports" not in page
+
+
+# --- the import itself: a batch at a time, all or nothing ---------------------------------
+
+SIX = "".join(f"Entry number {n} of the batch test.\n" for n in range(1, 7))
+
+
+def _read_elsewhere(job_id, kb):
+    """(job's done count, the knowledge base's stored entries) as another connection sees them."""
+    seen = []
+
+    def read():
+        try:
+            seen.append((ImportJob.objects.get(pk=job_id).done, Document.objects.filter(knowledge_base=kb).count()))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join(30)
+    return seen[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_progress_is_seen_while_the_import_runs_and_its_rows_only_at_the_end(
+        faq_kb, people, token_for, served, settings, monkeypatch):  # noqa: F811
+    """On PostgreSQL the rows go in a batch at a time in one transaction: other
+    connections see the job's count rise and no new row until it commits."""
+    settings.KB_IMPORT_BATCH = settings.KB_IMPORT_STORE_BATCH = 2
+    job = _upload(token_for(people["carol"]), faq_kb, SIX.encode()).json()
+    before = Document.objects.filter(knowledge_base=faq_kb).count()
+    observed, embed = [], served.embed
+
+    def watching(texts, **options):
+        if options.get("kind") == "document":
+            observed.append(_read_elsewhere(job["id"], faq_kb))
+        return embed(texts, **options)
+
+    monkeypatch.setattr(served, "embed", watching)
+    _work()
+    assert observed == [(0, before), (2, before), (4, before)]
+    assert Document.objects.filter(knowledge_base=faq_kb).count() == before + 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_import_that_fails_in_a_later_batch_stores_nothing(faq_kb, people, served, settings, monkeypatch):  # noqa: F811
+    from portal.scope import Scope
+    from search.parsing import parse_entries
+    from search.services import documents_import
+
+    settings.KB_IMPORT_BATCH = settings.KB_IMPORT_STORE_BATCH = 2
+    before = Document.objects.filter(knowledge_base=faq_kb).count()
+    calls, embed = [], served.embed
+
+    def failing(texts, **options):
+        calls.append(len(texts))
+        if len(calls) == 3:
+            raise RuntimeError("the model failed on the third batch")
+        return embed(texts, **options)
+
+    monkeypatch.setattr(served, "embed", failing)
+    entries = parse_entries(SIX.encode(), "txt", max_entries=100, max_chars=1000)
+    with pytest.raises(RuntimeError):
+        documents_import(scope=Scope(tenant=faq_kb.tenant, user=people["carol"]), kb=faq_kb, entries=entries)
+    assert calls == [2, 2, 2]
+    assert Document.objects.filter(knowledge_base=faq_kb).count() == before
+    assert not AuditEvent.objects.filter(action="doc.import", outcome="success", detail__added=6).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batches_skip_what_is_stored_and_what_the_file_repeats(faq_kb, people, settings):  # noqa: F811
+    from portal.scope import Scope
+    from search.parsing import parse_entries
+    from search.services import documents_import
+
+    settings.KB_IMPORT_BATCH = settings.KB_IMPORT_STORE_BATCH = 2
+    stored = faq_kb.documents.order_by("id").values_list("text", flat=True)[:2]
+    lines = ["New line one.", stored[0], "New line one.", "New line two.", stored[1], "New line three."]
+    entries = parse_entries(("\n".join(lines) + "\n").encode(), "txt", max_entries=100, max_chars=1000)
+    result = documents_import(scope=Scope(tenant=faq_kb.tenant, user=people["carol"]), kb=faq_kb, entries=entries)
+    assert (result.added, result.skipped, result.skipped_lines) == (3, 3, [2, 3, 5])
+    for text in ("New line one.", "New line two.", "New line three.", stored[0]):
+        assert faq_kb.documents.filter(text=text).count() == 1
+
+
+# --- a worker killed during an import ------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_import_whose_worker_stopped_reporting_is_ended_once_and_audited(faq_kb, people, token_for, client,
+                                                                             settings):  # noqa: F811
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    api = token_for(people["carol"])
+    lost, alive = (_upload(api, faq_kb, LINES.encode(), name=name).json() for name in ("lost.txt", "alive.txt"))
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.IMPORT_JOB_STALE_SECONDS + 5)
+    # As a worker leaves them: claimed, reported, then killed (its rows never committed) or still working.
+    ImportJob.objects.filter(pk=lost["id"]).update(status="running", started_at=stale, heartbeat_at=stale, done=2)
+    ImportJob.objects.filter(pk=alive["id"]).update(status="running", started_at=stale, heartbeat_at=now, done=1)
+
+    ended = api.get(lost["url"]).json()
+    assert ended["status"] == "failed" and "stopped before the import ended" in ended["error"]
+    assert ImportJob.objects.get(pk=lost["id"]).payload is None
+    assert api.get(alive["url"]).json()["status"] == "running"
+    client.force_login(people["carol"])
+    page_state = client.get(f"/kbs/{faq_kb.pk}/imports/{lost['id']}/").json()
+    assert page_state["message"].startswith("Import failed: the import worker stopped")
+    records = AuditEvent.objects.filter(action="doc.import.failed")
+    assert [(e.detail["job"], e.detail["error"], e.username) for e in records] == [(lost["id"], "WorkerLost", "carol")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_workers_next_task_ends_a_lost_import(faq_kb, people, token_for, settings):  # noqa: F811
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    api = token_for(people["carol"])
+    lost = _upload(api, faq_kb, LINES.encode(), name="lost.txt").json()
+    stale = timezone.now() - timedelta(seconds=settings.IMPORT_JOB_STALE_SECONDS + 5)
+    ImportJob.objects.filter(pk=lost["id"]).update(status="running", started_at=stale, heartbeat_at=stale)
+    fresh = _upload(api, faq_kb, b"A line sent after the worker came back.\n", name="next.txt").json()
+    _work()
+    assert ImportJob.objects.get(pk=lost["id"]).status == "failed"
+    assert ImportJob.objects.get(pk=fresh["id"]).status == "succeeded"
+    assert AuditEvent.objects.filter(action="doc.import.failed", detail__error="WorkerLost").count() == 1
