@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from keystore.keys import receive_handed_over_secrets, reexec_without_secrets  # noqa: E402
-from portal import metrics_gunicorn  # noqa: E402
+from portal import metrics_gunicorn, sizing  # noqa: E402
 from portal.logs import gunicorn_logconfig  # noqa: E402
 
 # Keys given as environment variables would stay readable in /proc/<pid>/environ
@@ -18,8 +18,11 @@ reexec_without_secrets()
 receive_handed_over_secrets()
 
 bind = os.environ.get("PORTAL_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("PORTAL_WORKERS", "2"))
-threads = int(os.environ.get("PORTAL_THREADS", "4"))
+# Workers, threads and torch threads from the cores this process may use
+# (portal/sizing.py), unless the environment sets them.
+SIZING = sizing.plan()
+workers = SIZING.workers
+threads = SIZING.threads
 worker_class = "gthread"
 timeout = 120
 preload_app = False
@@ -35,6 +38,9 @@ logconfig_dict = gunicorn_logconfig(Path(__file__).resolve().parent.parent)
 
 def on_starting(server):
     metrics_gunicorn.prepare_metrics_dir()  # /metrics: PROMETHEUS_MULTIPROC_DIR, emptied
+    server.log.info("sizing: %s", SIZING.describe())
+    for warning in SIZING.warnings:
+        server.log.warning("sizing: %s", warning)
 
 
 def child_exit(server, worker):
@@ -46,6 +52,12 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    from portal.readiness import run_worker_startup
+    import torch
 
+    from portal.readiness import register_check, run_worker_startup
+
+    # Before the model opens: torch would otherwise take every core in every worker.
+    torch.set_num_threads(SIZING.torch_threads)
+    register_check("sizing", lambda: (True, f"{SIZING.describe()}; this worker runs torch on "
+                                            f"{torch.get_num_threads()} thread(s)"))
     run_worker_startup()

@@ -102,19 +102,24 @@ def manage(env: dict, *args: str) -> str:
     return result.stdout
 
 
-def start_gunicorn(tmp_path: Path, *, model_path: Path, model_key: bytes, workers: int = 1,
+def start_gunicorn(tmp_path: Path, *, model_path: Path, model_key: bytes, workers: int | None = 1,
                    extra_env: dict | None = None):
     """Migrate and seed a file database, then start gunicorn on it with the keys
-    as plain environment variables. A generator: yields a Live, stops the server."""
+    as plain environment variables (workers None: as shipped, sized from the
+    cores). A generator: yields a Live, stops the server."""
     port = free_port()
     db = tmp_path / "portal.sqlite3"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBED_MODEL_KEY", "AUDIT_HMAC", "DJANGO_SECRET"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("EMBED_MODEL_KEY", "AUDIT_HMAC", "DJANGO_SECRET", "PORTAL_WORKERS", "PORTAL_THREADS",
+                                "EMBED_TORCH_THREADS"))}
     env.update(PORTAL_DOTENV="", PORTAL_MODE="development", DATABASE_URL=f"sqlite:///{db}",
                EMBED_MODEL_KEY=model_key.hex(),
                AUDIT_HMAC_KEY=os.urandom(32).hex(), DJANGO_SECRET_KEY="django-" + os.urandom(24).hex(),
                PORTAL_CACHE_DIR=str(tmp_path / "cache"), PORTAL_BIND=f"127.0.0.1:{port}",
-               PORTAL_WORKERS=str(workers), PORTAL_THREADS="2", EMBED_MODEL_PATH=str(model_path),
+               EMBED_MODEL_PATH=str(model_path),
                EMBED_DEVICE="cpu", PORTAL_ACCESS_LOG="", AUDIT_JSONL_PATH="")
+    if workers is not None:
+        env.update(PORTAL_WORKERS=str(workers), PORTAL_THREADS="2")
     env.update(extra_env or {})
     manage(env, "migrate", "--noinput", "-v", "0")
     token = next(line.split()[1] for line in manage(env, "shell", "-c", SEED).splitlines()
@@ -133,6 +138,10 @@ def start_gunicorn(tmp_path: Path, *, model_path: Path, model_key: bytes, worker
 
         live.wait_for(healthy, "/healthz")
         # Every worker has tried to open the model once it has recorded model.open.
+        if workers is None:
+            from portal.sizing import plan
+
+            workers = plan(env).workers
         live.wait_for(lambda: len(live.events("model.open")) >= workers, "model.open from every worker")
         yield live
     finally:
