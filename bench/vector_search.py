@@ -150,7 +150,7 @@ def rebuild_index(dims: int) -> tuple[float, int]:
     return elapsed, size
 
 
-def exact_top(matrix_chunks: list[np.ndarray], queries: np.ndarray, k: int = 10) -> np.ndarray:
+def exact_top(matrix_chunks, queries: np.ndarray, k: int = 10) -> np.ndarray:
     """Row numbers of the exact top-k for each query, over the stored vectors in order."""
     best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_rows = np.zeros((len(queries), 0), dtype=np.int64)
@@ -258,13 +258,13 @@ def main():
                 count = min(CHUNK, size - stored)
                 vectors = data.draw(count, stream=stored // CHUNK)
                 seconds += insert(big, vectors, stored + 1)
-                chunks.append(vectors)
+                chunks.append((count, stored // CHUNK))  # drawn again when needed: 1M × 2,560 is 10 GB
                 stored += count
             if big_first is None:
                 big_first = first_id_of(big)
             added = size - (sizes[sizes.index(size) - 1] if sizes.index(size) else 0)
             build_s, index_bytes = rebuild_index(dims)
-            truth = exact_top(chunks, queries)
+            truth = exact_top((data.draw(count, stream=stream) for count, stream in chunks), queries)
             rss_before = rss_mb()
             by_ef = {ef: run_queries(big, queries, truth, big_first, exact_max_rows=0, ef_search=ef)
                      for ef in ef_values}
@@ -278,7 +278,7 @@ def main():
                                                             exact_max_rows=0)
             matrix_bytes = size * dims * 4
             if matrix_bytes <= args.numpy_max_bytes:
-                matrix = np.concatenate(chunks)
+                matrix = np.concatenate([data.draw(count, stream=stream) for count, stream in chunks])
                 np_lat = numpy_latencies(matrix, queries)
                 np_cell = f"{statistics.median(np_lat):.2f} / {percentile(np_lat, 0.95):.2f}"
                 del matrix
