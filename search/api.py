@@ -365,8 +365,7 @@ class ImportDetailApi(SearchApiView):
                    responses=ImportJobSerializer)
     def get(self, request, job_id: int):
         job = selectors.import_job_get(self.scope, job_id)
-        if services.import_jobs_fail_lost([job]):
-            job.refresh_from_db()
+        services.import_jobs_fail_lost([job])
         return Response(ImportJobSerializer(job).data)
 
 

@@ -31,14 +31,12 @@ def document_get(scope: Scope, kb: KnowledgeBase, doc_id) -> Document:
                              READ, pk=doc_id)
 
 
-def import_job_get(scope: Scope, job_id) -> ImportJob:
-    return get_scoped_or_404(scope, ImportJob.objects.select_related("knowledge_base"), READ, pk=job_id)
+def import_job_get(scope: Scope, job_id, kb: KnowledgeBase | None = None) -> ImportJob:
+    """An import of the acting tenant (and, given ``kb``, of that knowledge base only)."""
+    jobs = ImportJob.objects.select_related("knowledge_base")
+    return get_scoped_or_404(scope, jobs.filter(knowledge_base=kb) if kb else jobs, READ, pk=job_id)
 
 
 def import_job_list(scope: Scope, kb: KnowledgeBase):
     """The knowledge base's imports, newest first."""
     return scoped(scope, ImportJob, READ).filter(knowledge_base=kb).order_by("-id")
-
-
-def kb_import_job_get(scope: Scope, kb: KnowledgeBase, job_id) -> ImportJob:
-    return get_scoped_or_404(scope, ImportJob.objects.filter(knowledge_base=kb), READ, pk=job_id)

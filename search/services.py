@@ -362,7 +362,6 @@ def documents_import(*, scope: Scope, kb: KnowledgeBase, entries: list[Entry], s
             continue
         seen.add(digest)
         fresh.append((entry, digest))
-    del seen
     if connection.vendor == "postgresql":
         with transaction.atomic():
             added, already, truncated = _write_in_batches(kb, engine, fresh, source, progress)
@@ -419,14 +418,17 @@ def _stored(kb: KnowledgeBase, digests: list[str]) -> set[str]:
                .values_list("digest", flat=True))
 
 
-def _embed(engine, pairs: list) -> tuple[np.ndarray, int]:
-    """Document vectors of (entry, digest) pairs, KB_IMPORT_BATCH at a time; and how many were cut."""
+def _embed(engine, pairs: list, progress=None) -> tuple[np.ndarray, int]:
+    """Document vectors of (entry, digest) pairs, KB_IMPORT_BATCH at a time
+    (reporting each to ``progress``); and how many were cut."""
     vectors, truncated = [], 0
     for start in range(0, len(pairs), settings.KB_IMPORT_BATCH):
         result = engine.embed([entry.text for entry, _ in pairs[start:start + settings.KB_IMPORT_BATCH]],
                               kind="document")
         vectors.append(result.vectors)
         truncated += sum(result.truncated)
+        if progress:
+            progress(min(start + settings.KB_IMPORT_BATCH, len(pairs)), len(pairs))
     return (np.concatenate(vectors) if vectors else np.empty((0, engine.dimensions), np.float32)), truncated
 
 
@@ -441,14 +443,7 @@ def _embed_new(kb, engine, fresh, progress) -> tuple[list, list[int], np.ndarray
     known = set(Document.objects.filter(tenant_id=kb.tenant_id, knowledge_base_id=kb.pk)
                 .values_list("digest", flat=True))
     todo = [(entry, digest) for entry, digest in fresh if digest not in known]
-    vectors, truncated = [], 0
-    for start in range(0, len(todo), settings.KB_IMPORT_BATCH):
-        part, cut = _embed(engine, todo[start:start + settings.KB_IMPORT_BATCH])
-        vectors.append(part)
-        truncated += cut
-        if progress:
-            progress(min(start + settings.KB_IMPORT_BATCH, len(todo)), len(todo))
-    matrix = np.concatenate(vectors) if vectors else np.empty((0, engine.dimensions), np.float32)
+    matrix, truncated = _embed(engine, todo, progress)
     return todo, [entry.line for entry, digest in fresh if digest in known], matrix, truncated
 
 
@@ -645,22 +640,28 @@ def import_jobs_fail_lost(jobs=None) -> int:
     """Mark failed (and audit) the running imports whose worker has not
     reported for IMPORT_JOB_STALE_SECONDS: it was killed, and its transaction
     never committed. Each is ended once, whoever notices first (a worker's
-    next task, or someone reading the job). How many were ended."""
+    next task, or someone reading the job). Given ``jobs`` (rows a reader
+    holds), only those are looked at, and the ended ones are updated in
+    place. How many were ended."""
     cutoff = timezone.now() - timedelta(seconds=settings.IMPORT_JOB_STALE_SECONDS)
     lost = ImportJob.objects.filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff),
                                     status=ImportJob.Status.RUNNING)
+    held = {job.pk: job for job in jobs or ()}
     if jobs is not None:
-        lost = lost.filter(pk__in=[job.pk for job in jobs])
+        lost = lost.filter(pk__in=held)
     ended = 0
     for job in lost.select_related("tenant", "knowledge_base", "created_by"):
+        end = {"status": ImportJob.Status.FAILED, "error": LOST_WORKER, "payload": None,
+               "finished_at": timezone.now()}
         with transaction.atomic():
-            if not ImportJob.objects.filter(pk=job.pk, status=ImportJob.Status.RUNNING).update(
-                    status=ImportJob.Status.FAILED, error=LOST_WORKER, payload=None, finished_at=timezone.now()):
+            if not ImportJob.objects.filter(pk=job.pk, status=ImportJob.Status.RUNNING).update(**end):
                 continue  # another process ended it first
             scope = _job_scope(job)
             record_event(action="doc.import.failed", outcome=Outcome.FAILURE, user=scope.user, context=scope.context,
                          **_kb_fields(job.knowledge_base),
                          detail={"job": job.pk, "error": "WorkerLost", "source": job.source_name})
+        for name, value in end.items():
+            setattr(held.get(job.pk, job), name, value)
         ended += 1
     return ended
 

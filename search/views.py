@@ -112,8 +112,7 @@ def kb_detail_page(request, kb_id: int):
     kb = selectors.kb_get(request.scope, kb_id)
     page = Paginator(selectors.document_list(request.scope, kb), 50).get_page(request.GET.get("page"))
     recent = list(selectors.import_job_list(request.scope, kb)[:5])
-    if services.import_jobs_fail_lost(recent):
-        recent = list(selectors.import_job_list(request.scope, kb)[:5])
+    services.import_jobs_fail_lost(recent)
     imports = [(job, _job_state(job)) for job in recent]
     return render(request, "search/kb_detail.html", {
         "kb": kb, "page": page, "upload_form": UploadForm(), "imports": imports,
@@ -166,9 +165,8 @@ def kb_upload(request, kb_id: int):
 def kb_import(request, kb_id: int, job_id: int):
     """One import of this knowledge base, as JSON: what the page's progress bar reads."""
     kb = selectors.kb_get(request.scope, kb_id)
-    job = selectors.kb_import_job_get(request.scope, kb, job_id)
-    if services.import_jobs_fail_lost([job]):
-        job.refresh_from_db()
+    job = selectors.import_job_get(request.scope, job_id, kb=kb)
+    services.import_jobs_fail_lost([job])
     return JsonResponse(_job_state(job))
 
 
