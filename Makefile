@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[demo]'
 	touch $@
 
+# The dev PostgreSQL's pgvector is rebuilt for any x86-64 CPU (tests/pgvector_portable.sh).
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[dev]'
+	sh tests/pgvector_portable.sh $(VENV)
 	touch $@
 
 install: $(VENV)/.installed
