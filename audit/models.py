@@ -2,5 +2,5 @@
 (audit/ledger/models.py)."""
 from audit.ledger.models import (  # noqa: F401
     GENESIS_HASH, MAC_FIELDS, PLATFORM_CHAIN, ArchiveAuthorisation, AuditCheckpoint, AuditEvent,
-    AuditEventImmutable, AuditEventQuerySet, Outcome,
+    AuditEventImmutable, AuditEventQuerySet, ExportJob, Outcome,
 )

@@ -24,7 +24,9 @@ PROBLEM_STATUSES = {
     401: "No valid credentials: a missing, unknown, expired or revoked token.",
     403: "Refused: a session request without its CSRF token, or a presigned URL that does not verify.",
     404: "Not found, or not the acting tenant's (or the role does not allow it; never 403).",
-    409: "Conflict: the knowledge base was embedded with another model than the one served.",
+    409: "Conflict: the knowledge base was embedded with another model than the one served, or a "
+         "background export has not finished.",
+    410: "Gone: a background export's bundle was removed after AUDIT_EXPORT_KEEP_HOURS.",
     413: "Too large: the body, a query or a list is over its limit (the problem names the limit).",
     415: "The body is not application/json.",
     429: "Too many requests for this token or user; retry after the Retry-After header's seconds.",

@@ -108,6 +108,18 @@ def command_scope(command_name: str, *, tenant=None, user=None) -> Scope:
                  user_agent=f"manage.py {command_name}"[:512])
 
 
+def job_scope(*, tenant, user, context: dict | None) -> Scope:
+    """The scope of a background job (search/tasks.py, audit/review/tasks.py):
+    the submitter, with their roles as they are now, and the submitting
+    request's facts (``Scope.context``, saved with the job), so the records
+    the worker writes say who asked and from where."""
+    context = context or {}
+    return Scope(tenant=tenant, user=user, roles=roles_in(user, tenant) if user else frozenset(),
+                 client_ip=context.get("client_ip"), user_agent=context.get("user_agent", ""),
+                 request_id=context.get("request_id", ""), session_digest=context.get("session_digest", ""),
+                 auth_method=context.get("auth_method", ""), token_id=context.get("token_id"))
+
+
 def request_scope(request) -> Scope:
     """The scope the middleware (or the API base) built for ``request``; built
     here for a request that went round them (a test client's login or logout)."""

@@ -284,6 +284,16 @@ AUDIT_ARCHIVE_DIR = env.str("AUDIT_ARCHIVE_DIR", default=str(BASE_DIR / "var" / 
 AUDIT_PRESIGN_MAX_SECONDS = _env_int("AUDIT_PRESIGN_MAX_SECONDS", 24 * 3600)
 # The admin's change list counts at most this far ahead instead of the whole table.
 AUDIT_ADMIN_COUNT_AHEAD_PAGES = 10
+# Range exports as background jobs (audit/review/exports.py): a range of more
+# events than AUDIT_EXPORT_SYNC_MAX_EVENTS asked for through GET
+# /api/v1/audit/export is queued (202 + Location) instead of written in the
+# request. Finished bundles wait in AUDIT_EXPORT_DIR (shared by web and
+# worker) for AUDIT_EXPORT_KEEP_HOURS, then are removed.
+AUDIT_EXPORT_SYNC_MAX_EVENTS = _env_int("AUDIT_EXPORT_SYNC_MAX_EVENTS", 100_000)
+AUDIT_EXPORT_DIR = env.str("AUDIT_EXPORT_DIR", default=str(BASE_DIR / "var" / "audit-exports"))
+AUDIT_EXPORT_KEEP_HOURS = _env_int("AUDIT_EXPORT_KEEP_HOURS", 24)
+# A running export whose worker has not reported for this long is taken as lost.
+EXPORT_JOB_STALE_SECONDS = _env_int("EXPORT_JOB_STALE_SECONDS", 900)
 # (end of audit block)
 
 # --- search: knowledge bases, limits, throttles ------------------------------

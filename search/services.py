@@ -19,8 +19,7 @@ from django.utils.translation import gettext_noop
 
 from audit.models import Outcome
 from audit.ledger.services import AuditUnavailable, record_event
-from portal.scope import Scope
-from portal.tenancy import roles_in
+from portal.scope import Scope, job_scope
 from search.engine import EngineUnavailable, get_engine
 from search.index import Hit, best_rows, ensure_hnsw_index, kb_index, store_documents
 from search.languages import language_name, script_name, unread_scripts
@@ -576,13 +575,7 @@ def import_job_submit(*, scope: Scope, kb: KnowledgeBase, name: str, file, size:
 
 
 def _job_scope(job: ImportJob) -> Scope:
-    """The submitter's scope, as the request had it (roles as they are now)."""
-    context = job.context or {}
-    user = job.created_by
-    return Scope(tenant=job.tenant, user=user, roles=roles_in(user, job.tenant) if user else frozenset(),
-                 client_ip=context.get("client_ip"), user_agent=context.get("user_agent", ""),
-                 request_id=context.get("request_id", ""), session_digest=context.get("session_digest", ""),
-                 auth_method=context.get("auth_method", ""), token_id=context.get("token_id"))
+    return job_scope(tenant=job.tenant, user=job.created_by, context=job.context)
 
 
 def import_job_run(job_id: int) -> None:

@@ -247,7 +247,7 @@ def compose_violations(config: dict, variant: str) -> list[str]:
         # With a read-only root, everything the portal writes is on a volume or tmpfs.
         writable = [m["target"] for m in _mounts(service) if m["type"] == "volume" and not m["read_only"]]
         writable += [t.split(":")[0] for t in tmpfs]
-        for variable in ("PORTAL_CACHE_DIR", "AUDIT_ARCHIVE_DIR"):
+        for variable in ("PORTAL_CACHE_DIR", "AUDIT_ARCHIVE_DIR", "AUDIT_EXPORT_DIR"):
             if not any(_under(env.get(variable, "/nonexistent"), w) for w in writable):
                 bad(f"{name}.writable", f"{variable} is not on a volume or tmpfs")
         # The audit JSONL mirror on its own named volume.
@@ -256,7 +256,7 @@ def compose_violations(config: dict, variant: str) -> list[str]:
         own = (len(owners) == 1 and owners[0]["source"] in volumes
                and sum(m["source"] == owners[0]["source"] for m in _mounts(service)) == 1
                and not any(_under(env.get(v, ""), owners[0]["target"])
-                           for v in ("PORTAL_CACHE_DIR", "AUDIT_ARCHIVE_DIR")))
+                           for v in ("PORTAL_CACHE_DIR", "AUDIT_ARCHIVE_DIR", "AUDIT_EXPORT_DIR")))
         if not own:
             bad(f"{name}.audit_mirror", "AUDIT_JSONL_PATH is not on a named volume of its own")
 

@@ -21,7 +21,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 from django.conf import settings
 
@@ -91,13 +91,17 @@ def _iter_rows(events) -> Iterable[dict]:
     return events.order_by("seq").values("mac", *MAC_FIELDS).iterator(chunk_size=5000)
 
 
+PROGRESS_EVERY = 5000
+
+
 def write_bundle(out: BinaryIO, *, tenant, events, kind: str, description: dict, created_by: str,
-                 recipient: str | None = None) -> ExportResult:
+                 recipient: str | None = None, progress: Callable[[int], None] | None = None) -> ExportResult:
     """Write the bundle of ``events`` (a queryset of one tenant's chain) to ``out``.
 
     kind: "range" (every event of a time range: any gap is an error for the
     verifier), "selection" (a filtered subset: its gaps are listed as omitted),
-    or "archive" (a retention archive: a complete prefix of the chain)."""
+    or "archive" (a retention archive: a complete prefix of the chain).
+    ``progress(count)`` is called every PROGRESS_EVERY events written."""
     key = signing_key()
     recipient_key = envelope.parse_recipient_public_key(recipient) if recipient else None
     chain = tenant.pk if tenant is not None else PLATFORM_CHAIN
@@ -121,6 +125,8 @@ def write_bundle(out: BinaryIO, *, tenant, events, kind: str, description: dict,
                 last = {"seq": row["seq"], "mac": row["mac"], "occurred_at": format_time(row["occurred_at"])}
                 key_ids.add(row["key_id"])
                 count += 1
+                if progress is not None and count % PROGRESS_EVERY == 0:
+                    progress(count)
         checkpoint = checkpoint_create(chain=chain, tenant=tenant)
         manifest = {
             "format": EXPORT_FORMAT,

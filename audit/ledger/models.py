@@ -2,6 +2,7 @@
 the previous row of its chain (one chain per tenant, chain 0 for the platform)."""
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 PLATFORM_CHAIN = 0
@@ -140,6 +141,44 @@ class ArchiveAuthorisation(models.Model):
     through_seq = models.PositiveBigIntegerField()
     created_at = models.DateTimeField()
 
+
+
+class ExportJob(models.Model):
+    """A range export written by the task worker (``manage.py db_worker``):
+    who asked, how far it got, and where the finished bundle waits to be
+    downloaded (a file under AUDIT_EXPORT_DIR, removed AUDIT_EXPORT_KEEP_HOURS
+    after it was written). Not an audit record: the ``audit.export*`` events
+    are the record; this row is the job's working state."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("queued")
+        RUNNING = "running", _("running")
+        SUCCEEDED = "succeeded", _("succeeded")
+        FAILED = "failed", _("failed")
+
+    tenant = models.ForeignKey(settings.AUDIT_TENANT_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    range_from = models.DateTimeField()
+    range_to = models.DateTimeField()
+    recipient = models.CharField(max_length=200, blank=True, help_text="auditor's X25519 public key, if sealed")
+    context = models.JSONField(default=dict, help_text="the submitting request's audit context")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    total = models.PositiveIntegerField(default=0, help_text="events in the range when it was asked for")
+    done = models.PositiveIntegerField(default=0, help_text="events written so far")
+    file_name = models.CharField(max_length=100, blank=True, help_text="the bundle under AUDIT_EXPORT_DIR")
+    bundle_sha256 = models.CharField(max_length=64, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["tenant", "-id"], name="audit_export_job_tenant")]
+
+    def __str__(self):
+        return f"export {self.pk} ({self.status})"
 
 # The fields covered by the MAC, in the canonical serialisation. Every column
 # except the surrogate id and the MAC itself.

@@ -212,21 +212,23 @@ def audit_view_record(*, user, tenants, context: dict | None, page: str, detail:
 
 
 def audit_export_write(*, out, tenant, user, context: dict | None, kind: str, events, description: dict,
-                       recipient: str | None = None, via: str, created_by: str | None = None):
+                       recipient: str | None = None, via: str, created_by: str | None = None,
+                       progress=None, extra_detail: dict | None = None):
     """Write a signed bundle to ``out`` (opened w+b) and record `audit.export`
     with its digest. Raises SigningUnavailable / ExportError / EnvelopeError."""
     from audit.ledger.export import write_bundle
 
     result = write_bundle(out, tenant=tenant, events=events, kind=kind, description=description,
                           created_by=created_by or (user.get_username() if user is not None else via),
-                          recipient=recipient)
+                          recipient=recipient, progress=progress)
     manifest = result.manifest
     record_event(action="audit.export", tenant=tenant, user=user, context=context,
                  resource_type="audit_export", resource_id=result.bundle_sha256[:32],
                  detail={"via": via, "kind": kind, **description, "count": manifest["count"],
                          "first_seq": (manifest["first"] or {}).get("seq"),
                          "last_seq": (manifest["last"] or {}).get("seq"), "gaps": manifest["gaps"],
-                         "bundle_sha256": result.bundle_sha256, "sealed_to": result.sealed_to})
+                         "bundle_sha256": result.bundle_sha256, "sealed_to": result.sealed_to,
+                         **(extra_detail or {})})
     return result
 
 

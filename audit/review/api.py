@@ -4,7 +4,10 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 
+from django.conf import settings
+
 from django.http import FileResponse
+from django.urls import reverse
 from drf_spectacular.utils import (OpenApiExample, OpenApiParameter, extend_schema, extend_schema_serializer,
                                    inline_serializer)
 from rest_framework import exceptions, serializers
@@ -15,9 +18,10 @@ from rest_framework.response import Response
 from audit.ledger import services
 from audit.ledger.checkpoints import SigningUnavailable
 from audit.ledger.export import ExportError, parse_bound, range_events
-from audit.models import MAC_FIELDS, AuditEvent, Outcome
+from audit.models import MAC_FIELDS, AuditEvent, ExportJob, Outcome
+from audit.review.exports import ExportGone, export_job_open, export_job_submit
 from audit.review.presign import PresignInvalid, presign_check, presign_params, presign_query
-from audit.review.selectors import event_list
+from audit.review.selectors import event_list, export_job_get
 from keystore.envelope import EnvelopeError
 from portal.api_base import TenantApiView
 
@@ -25,6 +29,16 @@ from portal.api_base import TenantApiView
 class ServiceUnavailable(exceptions.APIException):
     status_code = 503
     default_detail = "The audit export is not available."
+
+
+class NotReady(exceptions.APIException):
+    status_code = 409
+    default_detail = "The export has not finished."
+
+
+class Gone(exceptions.APIException):
+    status_code = 410
+    default_detail = "The bundle is no longer kept."
 
 
 # Examples of a range, so generated requests (schemathesis) reach the answers a valid range gets.
@@ -101,6 +115,59 @@ def bundle_response(out, tenant, result) -> FileResponse:
     return response
 
 
+def queue_if_large(scope, start_text: str, end_text: str, recipient: str):
+    """A 202 with the queued job, when the range holds more than
+    AUDIT_EXPORT_SYNC_MAX_EVENTS events; None to export in the request."""
+    try:
+        start, end = parse_bound(start_text, name="from"), parse_bound(end_text, name="to", end=True)
+        if range_events(scope.tenant, start, end).count() <= settings.AUDIT_EXPORT_SYNC_MAX_EVENTS:
+            return None
+    except ExportError:
+        return None  # the export below refuses it, recorded as it always was
+    return submit_response(scope, start_text, end_text, recipient)
+
+
+def submit_response(scope, start_text: str, end_text: str, recipient: str) -> Response:
+    try:
+        job = export_job_submit(scope=scope, start_text=start_text, end_text=end_text, recipient=recipient)
+    except (ExportError, EnvelopeError) as exc:
+        raise exceptions.ValidationError({"detail": str(exc)}) from None
+    except SigningUnavailable as exc:
+        raise ServiceUnavailable(str(exc)) from None
+    body = ExportJobSerializer(job).data
+    return Response(body, status=202, headers={"Location": body["url"]})
+
+
+@extend_schema_serializer(component_name="AuditExportJob")
+class ExportJobSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+    download = serializers.SerializerMethodField(help_text="the bundle's address once it is written, else null")
+    percent = serializers.SerializerMethodField()
+    created_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ExportJob
+        fields = ["id", "url", "status", "range_from", "range_to", "recipient", "total", "done", "percent",
+                  "bundle_sha256", "download", "error", "created_by", "created_at", "started_at", "finished_at"]
+        read_only_fields = fields
+
+    def get_url(self, job) -> str:
+        return reverse("api-audit-export-job", kwargs={"job_id": job.pk})
+
+    def get_download(self, job) -> str | None:
+        if job.status != ExportJob.Status.SUCCEEDED or not job.file_name:
+            return None
+        return reverse("api-audit-export-bundle", kwargs={"job_id": job.pk})
+
+    def get_percent(self, job) -> int:
+        if job.status == ExportJob.Status.SUCCEEDED:
+            return 100
+        return min(99, job.done * 100 // job.total) if job.total else 0
+
+    def get_created_by(self, job) -> str:
+        return job.created_by.get_username() if job.created_by else ""
+
+
 class AuditExportApi(TenantApiView):
     """A range export: by the compliance role, or by a presigned URL (no login)."""
 
@@ -116,7 +183,7 @@ class AuditExportApi(TenantApiView):
                    parameters=[OpenApiParameter(name, str, required=name in ("from", "to"),
                                                 examples=RANGE_EXAMPLES.get(name)) for name in (
         "from", "to", "recipient", "tenant", "expires", "by", "sig")],
-        responses={(200, "application/octet-stream"): bytes})
+        responses={(200, "application/octet-stream"): bytes, 202: ExportJobSerializer})
     def get(self, request):
         context = self.scope.context
         if "sig" in request.query_params:
@@ -132,6 +199,10 @@ class AuditExportApi(TenantApiView):
             tenant, user, via = self.scope.tenant, self.scope.user, "api"
             start_text, end_text = request.query_params.get("from", ""), request.query_params.get("to", "")
             recipient = request.query_params.get("recipient", "")
+        if via == "api":
+            queued = queue_if_large(self.scope, start_text, end_text, recipient)
+            if queued is not None:
+                return queued
         out = tempfile.TemporaryFile()
         try:
             start, end = parse_bound(start_text, name="from"), parse_bound(end_text, name="to", end=True)
@@ -149,6 +220,60 @@ class AuditExportApi(TenantApiView):
             out.close()
             raise
         return bundle_response(out, tenant, result)
+
+
+class AuditExportJobListApi(TenantApiView):
+    # A range export written in the background: 202 and the job's address.
+    capabilities = {"POST": "audit.review"}
+
+    @extend_schema_serializer(component_name="AuditExportJobInput")
+    class InputSerializer(serializers.Serializer):
+        to = serializers.CharField(max_length=40)
+        recipient = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
+
+        def get_fields(self):
+            fields = super().get_fields()
+            fields["from"] = serializers.CharField(max_length=40)  # a keyword in Python
+            return fields
+
+    @extend_schema(summary="Export a time range in the background (202 and the job's address)", tags=["audit"],
+                   request=InputSerializer, responses={202: ExportJobSerializer},
+                   examples=[OpenApiExample("a decade", request_only=True,
+                                            value={"from": "2020-01-01", "to": "2030-12-31"})])
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        return submit_response(self.scope, values["from"], values["to"], values["recipient"])
+
+
+class AuditExportJobApi(TenantApiView):
+    capabilities = {"GET": "audit.review"}
+
+    @extend_schema(summary="A background export: its status and progress", tags=["audit"],
+                   responses=ExportJobSerializer)
+    def get(self, request, job_id: int):
+        return Response(ExportJobSerializer(export_job_get(self.scope, job_id)).data)
+
+
+class AuditExportJobBundleApi(TenantApiView):
+    capabilities = {"GET": "audit.review"}
+    extra_problem_statuses = [409, 410]
+
+    @extend_schema(summary="Download the signed bundle of a finished background export", tags=["audit"],
+                   responses={(200, "application/octet-stream"): bytes})
+    def get(self, request, job_id: int):
+        job = export_job_get(self.scope, job_id)
+        if job.status in (ExportJob.Status.QUEUED, ExportJob.Status.RUNNING):
+            raise NotReady()
+        try:
+            handle = export_job_open(scope=self.scope, job=job)
+        except ExportGone as exc:
+            raise Gone(f"No bundle to download: {exc}") from None
+        response = FileResponse(handle, as_attachment=True, filename=job.file_name.rsplit("-", 1)[0] + (
+            ".zip.sealed" if job.recipient else ".zip"), content_type="application/octet-stream")
+        response["X-Audit-Export-SHA256"] = job.bundle_sha256
+        return response
 
 
 class AuditExportPresignApi(TenantApiView):

@@ -19,11 +19,12 @@ from django.utils.translation import gettext as _
 
 from audit.ledger.canonical import compute_mac
 from audit.ledger.checkpoints import latest_checkpoint
-from audit.ledger.models import GENESIS_HASH, MAC_FIELDS, AuditEvent, Outcome
+from audit.ledger.models import GENESIS_HASH, MAC_FIELDS, AuditEvent, ExportJob, Outcome
 from audit.ledger.verify import archived_through, verify_chain
+from audit.review.exports import export_files_expire, export_jobs_fail_lost
 from keystore.keys import get_keyring
 from portal.models import Tenant
-from portal.scope import scoped
+from portal.scope import get_scoped_or_404, scoped
 from portal.grants import reviewable_tenant_ids
 
 SEARCH_ACTIONS = ("search.completed", "search.failed")
@@ -255,3 +256,22 @@ def chain_status(tenant) -> dict:
             "text": (_("intact since the checkpoint at seq %(seq)d (%(events)d newer events verified)")
                      % {"seq": checkpoint.seq, "events": report.events} if report.ok
                      else _("broken at seq %(seq)s: %(reason)s") % {"seq": report.bad_seq, "reason": report.reason})}
+
+
+# --- export jobs ---------------------------------------------------------------
+
+def export_job_get(scope, job_id) -> ExportJob:
+    """One export job of the acting tenant (audit.review), or 404 (recorded);
+    a lost or expired one is brought up to date first."""
+    job = get_scoped_or_404(scope, ExportJob.objects.select_related("created_by"), "audit.review", pk=job_id)
+    export_jobs_fail_lost([job])
+    export_files_expire([job])
+    return job
+
+
+def export_job_list(scope, limit: int = 5) -> list:
+    """The acting tenant's latest export jobs, newest first, up to date."""
+    jobs = list(scoped(scope, ExportJob.objects.select_related("created_by"), "audit.review")[:limit])
+    export_jobs_fail_lost(jobs)
+    export_files_expire(jobs)
+    return jobs
