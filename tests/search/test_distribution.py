@@ -27,6 +27,7 @@ DISTRIBUTED = {
     "search_knowledgebase": "tenant_id",
     "search_document": "tenant_id",
     "search_importjob": "tenant_id",
+    "audit_exportjob": "tenant_id",
     "audit_auditevent": "chain",
     "audit_auditcheckpoint": "chain",
     "audit_archiveauthorisation": "chain",
