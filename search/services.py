@@ -6,19 +6,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from datetime import timedelta
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
-from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
 from audit.models import Outcome
 from audit.ledger.services import AuditUnavailable, record_event
+from portal.jobs import end_lost_jobs
 from portal.scope import Scope, job_scope
 from search.engine import EngineUnavailable, get_engine
 from search.index import Hit, best_rows, ensure_hnsw_index, kb_index, store_documents
@@ -631,32 +630,20 @@ LOST_WORKER = gettext_noop("the import worker stopped before the import ended; n
 
 def import_jobs_fail_lost(jobs=None) -> int:
     """Mark failed (and audit) the running imports whose worker has not
-    reported for IMPORT_JOB_STALE_SECONDS: it was killed, and its transaction
-    never committed. Each is ended once, whoever notices first (a worker's
-    next task, or someone reading the job). Given ``jobs`` (rows a reader
-    holds), only those are looked at, and the ended ones are updated in
-    place. How many were ended."""
-    cutoff = timezone.now() - timedelta(seconds=settings.IMPORT_JOB_STALE_SECONDS)
-    lost = ImportJob.objects.filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff),
-                                    status=ImportJob.Status.RUNNING)
-    held = {job.pk: job for job in jobs or ()}
-    if jobs is not None:
-        lost = lost.filter(pk__in=held)
-    ended = 0
-    for job in lost.select_related("tenant", "knowledge_base", "created_by"):
-        end = {"status": ImportJob.Status.FAILED, "error": LOST_WORKER, "payload": None,
-               "finished_at": timezone.now()}
-        with transaction.atomic():
-            if not ImportJob.objects.filter(pk=job.pk, status=ImportJob.Status.RUNNING).update(**end):
-                continue  # another process ended it first
-            scope = _job_scope(job)
-            record_event(action="doc.import.failed", outcome=Outcome.FAILURE, user=scope.user, context=scope.context,
-                         **_kb_fields(job.knowledge_base),
-                         detail={"job": job.pk, "error": "WorkerLost", "source": job.source_name})
-        for name, value in end.items():
-            setattr(held.get(job.pk, job), name, value)
-        ended += 1
-    return ended
+    reported for IMPORT_JOB_STALE_SECONDS (portal.jobs.end_lost_jobs); given
+    ``jobs`` (rows a reader holds), only those, updated in place. How many
+    were ended."""
+    def record(job):
+        scope = _job_scope(job)
+        record_event(action="doc.import.failed", outcome=Outcome.FAILURE, user=scope.user, context=scope.context,
+                     **_kb_fields(job.knowledge_base),
+                     detail={"job": job.pk, "error": "WorkerLost", "source": job.source_name})
+
+    running = ImportJob.objects.filter(status=ImportJob.Status.RUNNING).select_related(
+        "tenant", "knowledge_base", "created_by")
+    return end_lost_jobs(running, stale_seconds=settings.IMPORT_JOB_STALE_SECONDS,
+                         end={"status": ImportJob.Status.FAILED, "error": LOST_WORKER, "payload": None},
+                         record=record, jobs=jobs)
 
 
 def document_delete(*, scope: Scope, document: Document) -> None:

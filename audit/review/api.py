@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 
-from django.conf import settings
 
 from django.http import FileResponse
 from django.urls import reverse
@@ -19,7 +18,7 @@ from audit.ledger import services
 from audit.ledger.checkpoints import SigningUnavailable
 from audit.ledger.export import ExportError, parse_bound, range_events
 from audit.models import MAC_FIELDS, AuditEvent, ExportJob, Outcome
-from audit.review.exports import ExportGone, export_job_open, export_job_submit
+from audit.review.exports import ExportGone, export_job_open, export_job_submit, export_needs_job
 from audit.review.presign import PresignInvalid, presign_check, presign_params, presign_query
 from audit.review.selectors import event_list, export_job_get
 from keystore.envelope import EnvelopeError
@@ -115,16 +114,16 @@ def bundle_response(out, tenant, result) -> FileResponse:
     return response
 
 
-def queue_if_large(scope, start_text: str, end_text: str, recipient: str):
-    """A 202 with the queued job, when the range holds more than
-    AUDIT_EXPORT_SYNC_MAX_EVENTS events; None to export in the request."""
-    try:
-        start, end = parse_bound(start_text, name="from"), parse_bound(end_text, name="to", end=True)
-        if range_events(scope.tenant, start, end).count() <= settings.AUDIT_EXPORT_SYNC_MAX_EVENTS:
-            return None
-    except ExportError:
-        return None  # the export below refuses it, recorded as it always was
-    return submit_response(scope, start_text, end_text, recipient)
+@extend_schema_serializer(component_name="AuditExportJobInput")
+class ExportRangeInputSerializer(serializers.Serializer):
+    """The range (and the optional recipient key) of an export in a request body."""
+    to = serializers.CharField(max_length=40)
+    recipient = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
+
+    def get_fields(self):
+        fields = super().get_fields()
+        fields["from"] = serializers.CharField(max_length=40)  # a keyword in Python
+        return fields
 
 
 def submit_response(scope, start_text: str, end_text: str, recipient: str) -> Response:
@@ -199,10 +198,8 @@ class AuditExportApi(TenantApiView):
             tenant, user, via = self.scope.tenant, self.scope.user, "api"
             start_text, end_text = request.query_params.get("from", ""), request.query_params.get("to", "")
             recipient = request.query_params.get("recipient", "")
-        if via == "api":
-            queued = queue_if_large(self.scope, start_text, end_text, recipient)
-            if queued is not None:
-                return queued
+        if via == "api" and export_needs_job(tenant, start_text, end_text):
+            return submit_response(self.scope, start_text, end_text, recipient)
         out = tempfile.TemporaryFile()
         try:
             start, end = parse_bound(start_text, name="from"), parse_bound(end_text, name="to", end=True)
@@ -226,15 +223,7 @@ class AuditExportJobListApi(TenantApiView):
     # A range export written in the background: 202 and the job's address.
     capabilities = {"POST": "audit.review"}
 
-    @extend_schema_serializer(component_name="AuditExportJobInput")
-    class InputSerializer(serializers.Serializer):
-        to = serializers.CharField(max_length=40)
-        recipient = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
-
-        def get_fields(self):
-            fields = super().get_fields()
-            fields["from"] = serializers.CharField(max_length=40)  # a keyword in Python
-            return fields
+    InputSerializer = ExportRangeInputSerializer
 
     @extend_schema(summary="Export a time range in the background (202 and the job's address)", tags=["audit"],
                    request=InputSerializer, responses={202: ExportJobSerializer},
@@ -280,15 +269,8 @@ class AuditExportPresignApi(TenantApiView):
     capabilities = {"POST": "audit.review"}
 
     @extend_schema_serializer(component_name="AuditExportPresignInput")
-    class InputSerializer(serializers.Serializer):
-        to = serializers.CharField(max_length=40)
+    class InputSerializer(ExportRangeInputSerializer):
         expires_in = serializers.IntegerField(default=3600)
-        recipient = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
-
-        def get_fields(self):
-            fields = super().get_fields()
-            fields["from"] = serializers.CharField(max_length=40)  # a keyword in Python
-            return fields
 
     @extend_schema(summary="Create a time-limited presigned export URL", tags=["audit"], request=InputSerializer,
                    responses=inline_serializer("AuditExportPresign", {

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_noop
 
@@ -31,6 +30,7 @@ from audit.ledger.checkpoints import signing_key
 from audit.ledger.export import ExportError, parse_bound, range_events
 from audit.ledger.models import ExportJob, Outcome
 from keystore.envelope import parse_recipient_public_key
+from portal.jobs import end_lost_jobs
 from portal.scope import Scope, job_scope
 
 LOST_WORKER = gettext_noop("the export worker stopped before the bundle was written: ask for the export again")
@@ -43,6 +43,19 @@ class ExportGone(Exception):
 
 def export_dir() -> Path:
     return Path(settings.AUDIT_EXPORT_DIR)
+
+
+def export_needs_job(tenant, start_text: str, end_text: str) -> bool:
+    """Whether a range export asked for in a request is written in the
+    background instead: its range holds more than AUDIT_EXPORT_SYNC_MAX_EVENTS
+    events. A range that does not parse is not (the export in the request
+    refuses it, recorded as it always was)."""
+    try:
+        start, end = parse_bound(start_text, name="from"), parse_bound(end_text, name="to", end=True)
+        events = range_events(tenant, start, end)
+    except ExportError:
+        return False
+    return events.count() > settings.AUDIT_EXPORT_SYNC_MAX_EVENTS
 
 
 def export_job_submit(*, scope: Scope, start_text: str, end_text: str, recipient: str = "") -> ExportJob:
@@ -119,29 +132,18 @@ def export_job_run(job_id: int) -> None:
 
 def export_jobs_fail_lost(jobs=None) -> int:
     """End as failed (and audit) the running exports whose worker has not
-    reported for EXPORT_JOB_STALE_SECONDS; given ``jobs`` (rows a reader
-    holds), only those, updated in place. How many were ended."""
-    cutoff = timezone.now() - timedelta(seconds=settings.EXPORT_JOB_STALE_SECONDS)
-    lost = ExportJob.objects.filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff),
-                                    status=ExportJob.Status.RUNNING)
-    held = {job.pk: job for job in jobs or ()}
-    if jobs is not None:
-        lost = lost.filter(pk__in=held)
-    ended = 0
-    for job in lost.select_related("tenant", "created_by"):
-        end = {"status": ExportJob.Status.FAILED, "error": LOST_WORKER, "finished_at": timezone.now()}
-        with transaction.atomic():
-            if not ExportJob.objects.filter(pk=job.pk, status=ExportJob.Status.RUNNING).update(**end):
-                continue  # another process ended it first
-            scope = job_scope(tenant=job.tenant, user=job.created_by, context=job.context)
-            services.record_event(action="audit.export", outcome=Outcome.FAILURE, tenant=job.tenant,
-                                  user=scope.user, context=scope.context, resource_type="audit_export",
-                                  resource_id=str(job.pk), detail={"via": "job", "job": job.pk,
-                                                                   "error": "WorkerLost"})
-        for name, value in end.items():
-            setattr(held.get(job.pk, job), name, value)
-        ended += 1
-    return ended
+    reported for EXPORT_JOB_STALE_SECONDS (portal.jobs.end_lost_jobs); given
+    ``jobs`` (rows a reader holds), only those, updated in place. How many
+    were ended."""
+    def record(job):
+        scope = job_scope(tenant=job.tenant, user=job.created_by, context=job.context)
+        services.record_event(action="audit.export", outcome=Outcome.FAILURE, tenant=job.tenant,
+                              user=scope.user, context=scope.context, resource_type="audit_export",
+                              resource_id=str(job.pk), detail={"via": "job", "job": job.pk, "error": "WorkerLost"})
+
+    running = ExportJob.objects.filter(status=ExportJob.Status.RUNNING).select_related("tenant", "created_by")
+    return end_lost_jobs(running, stale_seconds=settings.EXPORT_JOB_STALE_SECONDS,
+                         end={"status": ExportJob.Status.FAILED, "error": LOST_WORKER}, record=record, jobs=jobs)
 
 
 def export_files_expire(jobs=None) -> int:
