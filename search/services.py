@@ -142,8 +142,10 @@ def audited(scope: Scope, action: str, *, tenant=None, started: float, submitted
         record_event(action=f"{action}.failed" if submitted else action, outcome=Outcome.FAILURE, **common,
                      **latency, detail={**(failure_detail or {}), "error": exc.__class__.__name__})
         raise
+    # A search's completion is not waited on to reach the disk: its durable
+    # submitted record already proves the search happened (docs/decisions.md).
     record_event(action=f"{action}.completed" if submitted else action, **{**common, **completion.fields},
-                 detail=completion.detail)
+                 detail=completion.detail, durable=not submitted)
 
 
 class ModelMismatch(Exception):

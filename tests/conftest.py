@@ -43,11 +43,12 @@ def pytest_collection_modifyitems(session, config, items):
     # (tests/run_on_postgres.py); on SQLite it is deselected, not skipped.
     from django.db import connection
 
-    if connection.vendor != "postgresql":
-        deselected = [i for i in items if i.get_closest_marker("postgresql_only")]
-        if deselected:
-            config.hook.pytest_deselected(items=deselected)
-            items[:] = [i for i in items if not i.get_closest_marker("postgresql_only")]
+    # SQLite-only behaviour (its PRAGMAs) is deselected in the PostgreSQL pass.
+    other = "postgresql_only" if connection.vendor != "postgresql" else "sqlite_only"
+    deselected = [i for i in items if i.get_closest_marker(other)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [i for i in items if not i.get_closest_marker(other)]
     # The whole-run log check must see every other test's logs first.
     last = [i for i in items if i.get_closest_marker("run_last")]
     items[:] = [i for i in items if not i.get_closest_marker("run_last")] + last

@@ -124,34 +124,57 @@ def _append(values: dict, key: bytes) -> None:
 
 
 @contextlib.contextmanager
-def _append_transaction():
+def _append_transaction(durable: bool = True):
     """The transaction an append runs in. Inside a caller's atomic block, that
     block's (a savepoint). Otherwise, on SQLite, a bare BEGIN IMMEDIATE …
     COMMIT on the driver's connection: the same write lock and the same
     durability as atomic(), without its bookkeeping, which cost as much as
-    the insert itself (bench/audit_append.py)."""
-    if connection.vendor != "sqlite" or connection.in_atomic_block or not connection.get_autocommit():
+    the insert itself (bench/audit_append.py). Not ``durable``: the commit
+    does not wait for the disk (see record_event)."""
+    if connection.in_atomic_block or not connection.get_autocommit():
         with transaction.atomic():
             yield
         return
+    if connection.vendor != "sqlite":
+        with transaction.atomic():
+            if not durable:
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            yield
+        return
     db = connection.connection
-    db.execute("BEGIN IMMEDIATE")
+    if not durable:
+        # WAL mode: the commit is appended to the WAL without an fsync; the
+        # next FULL commit (every submitted record) syncs it with its own.
+        db.execute("PRAGMA synchronous=NORMAL")
     try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    finally:
+        if not durable:
+            db.execute("PRAGMA synchronous=FULL")
 
 
 def record_event(*, action: str, outcome: str = Outcome.SUCCESS, tenant=None, user=None,
                  context: dict | None = None, query: str = "", detail: dict | None = None,
-                 **fields) -> AuditEvent:
+                 durable: bool = True, **fields) -> AuditEvent:
     """Append one event to its tenant's chain (or the platform chain).
 
     ``context`` carries the request facts (see ``audit.ledger.context``); ``fields``
     are any other event columns (resource_type, kb_id, top_score, …).
     Raises AuditUnavailable if the event could not be stored.
+
+    ``durable=False`` commits without waiting for the disk (SQLite
+    ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``), for a record
+    whose action an earlier durable record already proves: a power cut may
+    lose it, never a crash of the process, and never the chain's integrity
+    (the next durable commit flushes it). Inside a caller's transaction the
+    caller's commit decides.
     """
     audit_key = get_keyring().audit_key
     if audit_key is None:
@@ -183,7 +206,7 @@ def record_event(*, action: str, outcome: str = Outcome.SUCCESS, tenant=None, us
             values[name] = float(values[name])
     started = time.perf_counter()
     try:
-        with _append_transaction():
+        with _append_transaction(durable):
             _append(values, key)
     except Exception as exc:
         AUDIT_APPEND_FAILURES.inc()

@@ -216,3 +216,72 @@ def test_a_refused_append_outside_any_transaction_leaves_nothing_open(tenants):
             assert not connection.connection.in_transaction
     second = record_event(action="auth.login", tenant=tenants["acme"])
     assert second.seq == first.seq + 1 and verify_chain(tenants["acme"].pk).ok
+
+
+class CommitTrace:
+    """The statements SQLite runs on the connection, in order (its trace callback)."""
+
+    def __init__(self):
+        self.statements = []
+
+    def __enter__(self):
+        connection.ensure_connection()
+        connection.connection.set_trace_callback(self.statements.append)
+        return self
+
+    def __exit__(self, *exc):
+        connection.connection.set_trace_callback(None)
+
+    def commits(self):
+        """For each COMMIT, the synchronous setting it ran under ("FULL" unless set otherwise before it)."""
+        mode, seen = "FULL", []
+        for statement in self.statements:
+            if statement.startswith("PRAGMA synchronous="):
+                mode = statement.split("=", 1)[1]
+            elif statement == "COMMIT":
+                seen.append(mode)
+        return seen
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.django_db(transaction=True)
+def test_a_record_that_is_not_durable_commits_without_waiting_for_the_disk(tenants):
+    with CommitTrace() as trace:
+        first = record_event(action="search.submitted", tenant=tenants["acme"])
+        second = record_event(action="search.completed", tenant=tenants["acme"], durable=False)
+        third = record_event(action="search.submitted", tenant=tenants["acme"])
+    assert trace.commits() == ["FULL", "NORMAL", "FULL"]
+    # The connection is left as the settings open it, and the chain is whole.
+    assert connection.connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert [first.seq, second.seq, third.seq] == [1, 2, 3] and verify_chain(tenants["acme"].pk).ok
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_record_that_is_not_durable_turns_synchronous_commit_off(tenants):
+    seen = []
+
+    def spy(execute, sql, params, many, context):
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        record_event(action="search.submitted", tenant=tenants["acme"])
+        record_event(action="search.completed", tenant=tenants["acme"], durable=False)
+    assert [s for s in seen if "synchronous_commit" in s] == ["SET LOCAL synchronous_commit TO OFF"]
+    with connection.cursor() as cursor:  # SET LOCAL ended with its transaction
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+    assert verify_chain(tenants["acme"].pk).ok
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_append_that_is_not_durable_leaves_the_connection_durable(tenants):
+    from audit.ledger.services import AuditUnavailable
+
+    with audit_writes_refused():
+        with pytest.raises(AuditUnavailable):
+            record_event(action="search.completed", tenant=tenants["acme"], durable=False)
+    assert connection.connection.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert not connection.connection.in_transaction

@@ -149,3 +149,20 @@ def test_kb_refuses_to_mix_models(faq_kb, people, token_for):
     api = token_for(people["carol"])
     assert api.post(f"/api/v1/kbs/{faq_kb.pk}/documents", {"documents": ["new"]}, format="json").status_code == 409
     assert api.post("/api/v1/search", {"kb": faq_kb.pk, "query": "x"}, format="json").status_code == 409
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.django_db(transaction=True)
+def test_a_search_waits_for_the_disk_on_its_submitted_record_only(faq_kb, people, token_for):
+    # The submitted record is committed with synchronous=FULL before the
+    # model runs; the completed one does not wait for the disk (docs/decisions.md).
+    from tests.audit.test_chain import CommitTrace
+
+    api = token_for(people["alice"])
+    with CommitTrace() as trace:
+        response = api.post("/api/v1/search", {"kb": faq_kb.pk, "query": "printer jammed"}, format="json")
+    assert response.status_code == 200
+    actions = list(AuditEvent.objects.filter(request_id=response["X-Request-ID"]).order_by("seq")
+                   .values_list("action", flat=True))
+    assert actions == ["search.submitted", "search.completed"]
+    assert trace.commits()[-2:] == ["FULL", "NORMAL"]
