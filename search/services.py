@@ -124,12 +124,14 @@ def audited(scope: Scope, action: str, *, tenant=None, started: float, submitted
             failure_detail: dict | None = None, **fields):
     """The audit records around running the model, so no search forgets one.
 
-    With ``submitted`` (searches): ``<action>.submitted`` before the block,
+    With ``submitted`` (searches): ``<action>.submitted`` before the block
+    (the model may already be running, started by the caller: no result is
+    taken from it before this record is stored),
     ``<action>.failed`` (outcome failure, the error's class, the latency)
     if it raises, ``<action>.completed`` with what the block reported after.
     Without (embeddings): only ``action`` after, outcome failure or success.
-    A submitted record that cannot be written stops the search before the
-    model runs (AuditUnavailable)."""
+    A submitted record that cannot be written stops the search before any
+    result is used (AuditUnavailable)."""
     common = dict(tenant=scope.tenant if tenant is None else tenant, user=scope.user, context=scope.context,
                   **fields)
     if submitted:
@@ -695,10 +697,13 @@ def search_kb(*, scope: Scope, kb: KnowledgeBase, query: str, top_k: int) -> Sea
     if kb.model_id and kb.model_id != engine.model_id:
         raise ModelMismatch(f"knowledge base {kb.name!r} was built with {kb.model_id}; "
                             f"the portal serves {engine.model_id}")
+    # The model runs while the submitted record is written; its result is
+    # used only once that record is stored (audited raises before otherwise).
+    pending = engine.embed_start([query], kind="query")
     with audited(scope, "search", tenant=kb.tenant, started=started, query=query, kb_id=kb.pk, kb_name=kb.name,
                  kb_lines=kb_index().count(kb), resource_type="knowledge_base", resource_id=str(kb.pk),
                  model_id=engine.model_id) as completion:
-        embedded = engine.embed([query], kind="query")
+        embedded = pending.result()
         hits, line_count = kb_index().search(kb, embedded.vectors[0], top_k)
         result = _finish(SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, line_count,
                                       embedded.truncated[0]), engine, query, kb)
@@ -718,10 +723,10 @@ def radar_search(*, scope: Scope, documents: list, query: str, top_k: int) -> Se
         record_refusal(scope, "radar.failed", exc, query=query, resource_type="radar")
         raise
     engine = get_engine()
+    pending_docs, pending = engine.embed_start(lines, kind="document"), engine.embed_start([query], kind="query")
     with audited(scope, "radar", started=started, query=query, kb_lines=len(lines), resource_type="radar",
                  model_id=engine.model_id) as completion:
-        docs = engine.embed(lines, kind="document")
-        embedded = engine.embed([query], kind="query")
+        docs, embedded = pending_docs.result(), pending.result()
         order, scores = best_rows(docs.vectors, embedded.vectors[0], top_k)
         hits = [Hit(int(i) + 1, lines[i], float(s), int(i) + 1) for i, s in zip(order, scores)]
         result = _finish(SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, len(lines),

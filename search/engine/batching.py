@@ -22,6 +22,12 @@ class _Request:
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
+    def wait(self) -> np.ndarray:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.vectors
+
 
 class MicroBatcher:
     """One worker thread runs the model; callers queue tokenized texts and wait.
@@ -45,19 +51,24 @@ class MicroBatcher:
         self._closed = False
 
     def submit(self, ids: list[list[int]]) -> np.ndarray:
+        """The vectors of ``ids``, once their batch has run."""
+        return self.start(ids).wait()
+
+    def start(self, ids: list[list[int]]) -> "_Request":
+        """Queue ``ids`` and return at once; ``.wait()`` on the result gives the
+        vectors (or raises the batch's error). The caller does other work, such
+        as writing an audit record, while the model runs."""
         request = _Request(ids, np.empty((len(ids), self._dimensions), np.float32), len(ids))
         if not ids:
-            return request.vectors
+            request.done.set()
+            return request
         with self._wakeup:
             if self._closed:
                 raise EngineUnavailable("the embedding engine was closed")
             self._ensure_worker()
             self._pending.extend((len(seq), request, row) for row, seq in enumerate(ids))
             self._wakeup.notify()
-        request.done.wait()
-        if request.error is not None:
-            raise request.error
-        return request.vectors
+        return request
 
     def close(self) -> None:
         with self._wakeup:

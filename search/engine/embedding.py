@@ -47,6 +47,24 @@ class EmbedResult:
     token_counts: list[int]  # tokens the model read per text, prompt and special tokens included
 
 
+class PendingEmbedding:
+    """Texts queued for the model (``Engine.embed_start``); ``result()`` waits for them."""
+
+    def __init__(self, request, ids: list[list[int]], truncated: list[bool], dimensions: int | None):
+        self._request, self._ids, self._truncated, self._dimensions = request, ids, truncated, dimensions
+
+    def result(self) -> EmbedResult:
+        vectors = self._request.wait()
+        if self._dimensions is not None:
+            vectors = vectors[:, :self._dimensions]
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return EmbedResult(
+            vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+            truncated=self._truncated,
+            token_counts=[len(seq) for seq in self._ids],
+        )
+
+
 class Engine:
     """A model opened from a sealed bundle. Use ``Engine.open``; thread-safe ``embed``."""
 
@@ -140,6 +158,13 @@ class Engine:
         self, texts: Sequence[str], *, kind: str = "query", dimensions: int | None = None
     ) -> EmbedResult:
         """L2-normalised float32 vectors; ``dimensions`` truncates (Matryoshka) and re-normalises."""
+        return self.embed_start(texts, kind=kind, dimensions=dimensions).result()
+
+    def embed_start(
+        self, texts: Sequence[str], *, kind: str = "query", dimensions: int | None = None
+    ) -> "PendingEmbedding":
+        """``embed``, queued: returns at once, and ``.result()`` waits for the
+        vectors. A search writes its submitted audit record meanwhile."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a list of strings")
         if kind not in KINDS:
@@ -149,15 +174,8 @@ class Engine:
         ):
             raise ValueError(f"dimensions must be an integer from 1 to {self.dimensions}, not {dimensions!r}")
         ids, truncated = self._tokenize(list(texts), kind)
-        vectors = self._batcher.submit(ids)
-        if dimensions is not None and dimensions < self.dimensions:
-            vectors = vectors[:, :dimensions]
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return EmbedResult(
-            vectors=np.ascontiguousarray(vectors, dtype=np.float32),
-            truncated=truncated,
-            token_counts=[len(seq) for seq in ids],
-        )
+        return PendingEmbedding(self._batcher.start(ids), ids, truncated,
+                                None if dimensions is None or dimensions >= self.dimensions else dimensions)
 
     def close(self) -> None:
         """Stop the batch worker and wipe the decrypted bundle (the model is unusable afterwards)."""

@@ -166,3 +166,26 @@ def test_a_search_waits_for_the_disk_on_its_submitted_record_only(faq_kb, people
                    .values_list("action", flat=True))
     assert actions == ["search.submitted", "search.completed"]
     assert trace.commits()[-2:] == ["FULL", "NORMAL"]
+
+
+def test_the_model_runs_while_the_submitted_record_is_written_and_no_result_is_taken_before_it(
+        faq_kb, people, token_for, monkeypatch):
+    from search import services
+    from search.engine import get_engine
+
+    engine, seen = get_engine(), []
+    start, record = engine.embed_start, services.record_event
+
+    def embed_start(*args, **kwargs):
+        seen.append("model started")
+        pending = start(*args, **kwargs)
+        result = pending.result
+        pending.result = lambda: (seen.append("result taken"), result())[1]
+        return pending
+
+    monkeypatch.setattr(engine, "embed_start", embed_start)
+    monkeypatch.setattr(services, "record_event", lambda **kw: (seen.append(kw["action"]), record(**kw))[1])
+    response = token_for(people["alice"]).post("/api/v1/search", {"kb": faq_kb.pk, "query": "printer jammed"},
+                                               format="json")
+    assert response.status_code == 200
+    assert seen == ["model started", "search.submitted", "result taken", "search.completed"]
