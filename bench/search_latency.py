@@ -5,10 +5,12 @@ All in one run, p50 and p95:
   (b) POST /api/v1/search through gunicorn, sealed model, audit on;
   (c) the same through gunicorn with the plaintext model and audit off;
   (d) the naive design: embed a 1,000-line knowledge base on every query;
-and index-only top-k over 1k, 10k and 100k documents.
-(a), (b) and (c) are measured in turn, query by query, in rotating order
-(b and c are two servers side by side, one worker each), so the machine's
-noise hits all three alike.
+the floors of the layers a request crosses, each a JSON POST through the
+same gunicorn (bench/floor_apps.py): bare WSGI, a minimal Django view, a
+minimal DRF view; and index-only top-k over 1k, 10k and 100k documents.
+(a), (b), (c) and the floors are measured in turn, query by query, in
+rotating order (each server one worker × one thread, side by side), so the
+machine's noise hits them alike.
 
     .venv/bin/python bench/search_latency.py [--requests 300]
 """
@@ -58,6 +60,22 @@ def wait_ready(port: int, proc, timeout=180):
             pass
         time.sleep(0.5)
     raise SystemExit(f"server on {port} not ready")
+
+
+def wait_floor(port: int, proc, timeout=60):
+    """A floor server answers its first POST."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"floor server on {port} exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("POST", "/", b"{}", {"Content-Type": "application/json"})
+            conn.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit(f"floor server on {port} not ready")
 
 
 def main():
@@ -117,23 +135,35 @@ def main():
         "c": subprocess.Popen([str(ROOT / ".venv/bin/gunicorn"), "-c", str(ROOT / "bench/gunicorn_baseline.conf.py"),
                                "portal.wsgi"], cwd=ROOT, env=dict(env, PORTAL_BIND=f"127.0.0.1:{ports['c']}")),
     }
+    floors = {"wsgi": "bench.floor_apps:wsgi", "django": "bench.floor_apps:django_app",
+              "drf": "bench.floor_apps:django_app"}
+    floor_path = {"wsgi": "/", "django": "/django", "drf": "/drf"}
+    for name, app in floors.items():
+        ports[name] = free_port()
+        servers[name] = subprocess.Popen([str(ROOT / ".venv/bin/gunicorn"), "-w", "1", "-k", "gthread", "--threads",
+                                          "1", "-b", f"127.0.0.1:{ports[name]}", app], cwd=ROOT,
+                                         env={k: v for k, v in env.items() if k != "DJANGO_SETTINGS_MODULE"})
     try:
         for name, proc in servers.items():
-            wait_ready(ports[name], proc)
+            if name in floors:
+                wait_floor(ports[name], proc)
+            else:
+                wait_ready(ports[name], proc)
         conns = {n: http.client.HTTPConnection("127.0.0.1", p, timeout=60) for n, p in ports.items()}
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        timings = {"a": [], "b": [], "c": []}
-        orders = ("abc", "bca", "cab", "acb", "bac", "cba")
+        names = ["a", "b", "c", *floors]
+        timings = {name: [] for name in names}
         for i in range(args.requests + 20):
             query = QUERIES[i % len(QUERIES)]
             body = json.dumps({"kb": kb.pk, "query": query, "top_k": 5})
-            for name in orders[i % len(orders)]:
+            order = names[i % len(names):] + names[:i % len(names)]
+            for name in (order if i % 2 else order[::-1]):
                 t0 = time.perf_counter()
                 if name == "a":
                     engine.embed([query], kind="query")
                     elapsed = (time.perf_counter() - t0) * 1e3
                 else:
-                    conns[name].request("POST", "/api/v1/search", body, headers)
+                    conns[name].request("POST", floor_path.get(name, "/api/v1/search"), body, headers)
                     response = conns[name].getresponse()
                     payload = response.read()
                     elapsed = (time.perf_counter() - t0) * 1e3
@@ -173,13 +203,14 @@ def main():
     a50, a95 = statistics.median(timings["a"]), pct(timings["a"], 0.95)
     b50, b95 = statistics.median(timings["b"]), pct(timings["b"], 0.95)
     c50, c95 = statistics.median(timings["c"]), pct(timings["c"], 0.95)
+    floor = {name: (statistics.median(timings[name]), pct(timings[name], 0.95)) for name in floors}
     d50 = statistics.median(naive)
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     text = "\n".join([
         "## Search latency (`bench/search_latency.py`)",
         "",
         f"all-MiniLM-L6-v2 on the CPU (1 torch thread), demo FAQ (60 entries), {args.requests} queries per "
-        f"case, (a)/(b)/(c) interleaved in rotating order; gunicorn 1 worker × 1 thread each; run {dt.date.today().isoformat()} with "
+        f"case, (a)/(b)/(c) and the floors interleaved in rotating order; gunicorn 1 worker × 1 thread each; run {dt.date.today().isoformat()} with "
         f"`.venv/bin/python bench/search_latency.py --requests {args.requests}`.",
         "",
         "| case | p50 ms | p95 ms |",
@@ -188,11 +219,18 @@ def main():
         f"| (b) API search via gunicorn, sealed model, audit on | {b50:.2f} | {b95:.2f} |",
         f"| (c) API search via gunicorn, plaintext model, audit off | {c50:.2f} | {c95:.2f} |",
         f"| (d) naive: embed 1,000 lines on every query | {d50:.0f} | {max(naive):.0f} |",
+        f"| floor: bare WSGI JSON POST through gunicorn | {floor['wsgi'][0]:.2f} | {floor['wsgi'][1]:.2f} |",
+        f"| floor: minimal Django view | {floor['django'][0]:.2f} | {floor['django'][1]:.2f} |",
+        f"| floor: minimal DRF view | {floor['drf'][0]:.2f} | {floor['drf'][1]:.2f} |",
         "",
         f"- (b)/(c) p50 = {b50 / c50:.3f} (target ≤ 1.05: {verdict(b50 / c50 <= 1.05)}); "
         f"(b) − (c) p50 = {b50 - c50:.2f} ms (target ≤ 0.5 ms: {verdict(b50 - c50 <= 0.5)})",
         f"- (b) − (a) p50 = {b50 - a50:.2f} ms: the whole portal over the forward pass "
-        f"(target ≤ 3 ms: {verdict(b50 - a50 <= 3)})",
+        f"(target ≤ 3 ms: {verdict(b50 - a50 <= 3)}). Of it, the layers' floors: HTTP through gunicorn "
+        f"{floor['wsgi'][0]:.2f} ms, + Django {floor['django'][0] - floor['wsgi'][0]:.2f} ms, + DRF "
+        f"{floor['drf'][0] - floor['django'][0]:.2f} ms = {floor['drf'][0]:.2f} ms; the portal's own "
+        f"work (authentication, scope, throttle, audit, index, response) is the remaining "
+        f"{b50 - a50 - floor['drf'][0]:.2f} ms.",
         f"- (d)/(b) p50 = {d50 / b50:.0f}× (target ≥ 100×: {verdict(d50 / b50 >= 100)})",
         "",
         "| index-only top-5 | p50 ms | p95 ms |",

