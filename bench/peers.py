@@ -87,6 +87,7 @@ OFFLINE_ENV = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
     "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+    "ORT_DISABLE_TELEMETRY": "1",  # ONNX Runtime ≥ 1.29 queues telemetry under ~/.cache otherwise
 }
 
 

@@ -172,6 +172,25 @@ class OpenedBundle:
         """The calibrated cosine under which a hit is a weak match; None when not calibrated."""
         return self.table.get("relevance_floor")
 
+    def discard(self, name: str) -> None:
+        """Zero one file's plaintext and drop its view, keeping the others.
+
+        For a file the opener will not use (a backend's graph when the other
+        backend runs): where the buffer is private anonymous memory, the whole
+        pages inside the file also go back to the kernel, so the file stops
+        costing memory (they read as zeros if touched again).
+        """
+        view = self.files.pop(name, None)
+        if view is None or self._buffer is None or not view.nbytes:
+            return
+        _zero(view)
+        if isinstance(self._buffer, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            start = _address(view) - _address(self._buffer)
+            first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+            last = (start + view.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+            if last > first:
+                self._buffer.madvise(mmap.MADV_DONTNEED, first, last - first)
+
     def wipe(self) -> None:
         """Zero the plaintext and drop the views; tensors made from them read zeros afterwards."""
         if self._buffer is not None:
@@ -336,6 +355,17 @@ def private_memory(size: int) -> Any:
             with contextlib.suppress(OSError):
                 memory.madvise(getattr(mmap, advice))
     return memory
+
+
+def _address(buffer: Any) -> int:
+    """Where a writable, non-empty buffer's first byte lies in memory."""
+    view = memoryview(buffer).cast("B")
+    window = (ctypes.c_char * view.nbytes).from_buffer(view)
+    try:
+        return ctypes.addressof(window)
+    finally:
+        del window
+        view.release()
 
 
 def _zero(buffer: Any) -> None:

@@ -250,6 +250,12 @@ SPECTACULAR_SETTINGS = {
 # --- product settings (SPEC §3) ---------------------------------------------
 EMBED_MODEL_PATH = env.str("EMBED_MODEL_PATH", default=str(BASE_DIR / "model" / "demo-minilm.q3e.enc"))
 EMBED_DEVICE = env.str("EMBED_DEVICE", default="auto")
+# What runs the encoder: auto (ONNX Runtime on the CPU when the bundle holds the
+# ONNX graph model_seal exports, else torch), torch, or onnx (an error at
+# startup when the bundle has no graph or the device is a GPU).
+EMBED_BACKEND = env.str("EMBED_BACKEND", default="auto").strip().lower()
+if EMBED_BACKEND not in ("auto", "torch", "onnx"):
+    SETTINGS_ERRORS.append("EMBED_BACKEND must be auto, torch or onnx")
 # The audit policy a customer signs off (audit/ledger/policy.py): the file, which the
 # environment may only make stricter. It sets AUDIT_RETENTION_DAYS,
 # AUDIT_QUERY_MODE, AUDIT_CHECKPOINT_EVERY_* and AUDIT_JSONL_PATH.

@@ -4,6 +4,10 @@ Pickle is only ever read here, at sealing time, with ``torch.load(...,
 weights_only=True)`` (which refuses arbitrary objects), and the result is
 converted to safetensors in memory so that no plaintext conversion is written
 to disk. The engine itself never unpickles anything.
+
+``seal_model_folder`` and ``reseal_legacy_cbc`` are what ``manage.py
+model_seal`` runs; both also seal the encoder's ONNX graph for the CPU,
+exported in memory (``search.onnx_export``).
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from keystore.bundle import DEFAULT_CHUNK_SIZE, BundleError, decrypt_legacy_cbc
-from search.sealing import seal_folder
+from search.onnx_export import with_onnx_graph
+from search.sealing import model_folder_files, seal_folder
 
 PICKLED_WEIGHTS_SUFFIX = ".bin"
 _STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
@@ -95,17 +100,26 @@ def seal_model_folder(
     model_id: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Callable[[int, int], None] | None = None,
+    onnx: bool = True,
     **metadata: Any,
 ) -> dict[str, Any]:
-    """``seal_folder`` for a model folder whose weights may be pickled (converted in memory).
-    ``metadata``: ``languages`` and ``relevance_floor``, as for ``keystore.bundle.seal_bundle``."""
+    """``seal_folder`` for a model folder whose weights may be pickled (converted in memory), with the
+    encoder exported to ONNX for the CPU (``search.onnx_export``) unless ``onnx`` is False.
+
+    ``metadata``: ``languages`` and ``relevance_floor``, as for
+    ``keystore.bundle.seal_bundle``. Returns the public header, plus ``onnx``:
+    a line saying whether the graph was sealed, and why not.
+    """
     if not Path(src).is_dir():
         raise BundleError(f"{src} is not a folder")
     extra, skip = prepare_model_folder(src)
-    return seal_folder(
+    extra, skip, onnx_note = with_onnx_graph(model_folder_files(src, extra_files=extra, skip=skip), extra, skip,
+                                             enabled=onnx)
+    header = seal_folder(
         src, out_path, key, chunk_size=chunk_size, model_id=model_id, progress=progress, extra_files=extra, skip=skip,
         **metadata,
     )
+    return {**header, "onnx": onnx_note}
 
 
 def reseal_legacy_cbc(
@@ -118,13 +132,16 @@ def reseal_legacy_cbc(
     model_id: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Callable[[int, int], None] | None = None,
+    onnx: bool = True,
     **metadata: Any,
 ) -> dict[str, Any]:
     """Re-seal a legacy ``.q3e.enc`` (AES-256-CBC of a ``torch.save``d state dict) as a bundle.
 
     The legacy file holds only weights; ``config_dir`` adds the rest of the model
     folder (config, tokenizer, pooling files) so the result can be served. The
-    legacy key defaults to ``key``.
+    legacy key defaults to ``key``. The encoder is exported to ONNX as by
+    ``seal_model_folder`` (it needs ``config_dir``'s config.json), and the
+    returned header says so under ``onnx``.
     """
     data = Path(in_path).read_bytes()
     plaintext = decrypt_legacy_cbc(data, legacy_key if legacy_key is not None else key)
@@ -133,14 +150,18 @@ def reseal_legacy_cbc(
     if config_dir is not None:
         _, skip = prepare_model_folder(config_dir)
         skip += [p.name for p in Path(config_dir).glob("*.safetensors")]  # the legacy weights replace them
-    return seal_folder(
+    extra = {"model.safetensors": weights}
+    extra, skip, onnx_note = with_onnx_graph(model_folder_files(config_dir, extra_files=extra, skip=skip), extra,
+                                             skip, enabled=onnx)
+    header = seal_folder(
         config_dir,
         out_path,
         key,
         chunk_size=chunk_size,
         model_id=model_id,
         progress=progress,
-        extra_files={"model.safetensors": weights},
+        extra_files=extra,
         skip=skip,
         **metadata,
     )
+    return {**header, "onnx": onnx_note}

@@ -37,7 +37,8 @@ def open_configured_engine() -> None:
                                    "key_id": keyring.model_key_id})
         return
     _record_model_open(outcome=Outcome.SUCCESS, context=context, resource_id=bundle, model_id=engine.model_id,
-                       detail={"key_id": engine.key_id, "device": engine.device, "dimensions": engine.dimensions})
+                       detail={"key_id": engine.key_id, "device": engine.device, "backend": engine.backend,
+                               "dimensions": engine.dimensions})
 
 
 def _record_model_open(*, outcome, context, resource_id, detail, model_id="") -> None:

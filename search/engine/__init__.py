@@ -7,6 +7,8 @@ The public face; callers import from ``search.engine`` only. Inside:
 - ``model``: the transformers model built on the ``meta`` device from those
   files, the sentence-transformers settings (pooling, prompts, sequence
   length), the tokenizer, the device;
+- ``onnx_backend``: on the CPU, the encoder's ONNX graph sealed in the bundle
+  run by ONNX Runtime from the decrypted bytes (``EMBED_BACKEND``);
 - ``batching``: the micro-batcher that lets concurrent callers share forward
   passes under a token budget;
 - ``embedding``: ``Engine`` (open a bundle, ``embed``, ``close``);

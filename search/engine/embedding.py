@@ -7,10 +7,19 @@ the ``meta`` device and then given those views (``model``). On the CPU the
 model computes straight from the decrypted buffer; on a GPU the weights are
 copied over in half precision and the buffer is wiped. Concurrent ``embed``
 calls share forward passes (``batching``).
+
+On the CPU, a bundle that holds an ONNX graph of the encoder (sealed by
+``manage.py model_seal``) runs it with ONNX Runtime instead (``onnx_backend``,
+``EMBED_BACKEND``): the session is built from the decrypted bytes, the torch
+model is never built, and the whole buffer is wiped once the session holds its
+weights. Everything around the forward pass (tokenisation, prompts,
+truncation, padding, pooling, normalisation, batching) is the same code for
+both backends.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -36,8 +45,10 @@ from search.engine.model import (
     read_settings,
     resolve_device,
 )
+from search.engine.onnx_backend import ONNX_FILE, OnnxEncoder, choose_backend
 
 KINDS = ("query", "document")
+logger = logging.getLogger("search.engine")
 
 
 @dataclass(frozen=True)
@@ -66,12 +77,16 @@ class PendingEmbedding:
 
 
 class Engine:
-    """A model opened from a sealed bundle. Use ``Engine.open``; thread-safe ``embed``."""
+    """A model opened from a sealed bundle. Use ``Engine.open``; thread-safe ``embed``.
+
+    The encoder is either a torch ``model`` or an ONNX Runtime session
+    (``onnx``); ``backend`` says which (``"torch"`` or ``"onnx"``).
+    """
 
     def __init__(
         self,
         *,
-        model: torch.nn.Module,
+        model: torch.nn.Module | None,
         tokenizer: PreTrainedTokenizerFast,
         settings: TextSettings,
         device: torch.device,
@@ -82,8 +97,13 @@ class Engine:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         languages: Sequence[str] = (),
         relevance_floor: float | None = None,
+        onnx: OnnxEncoder | None = None,
     ):
-        self.model = model
+        if (model is None) == (onnx is None):
+            raise ValueError("an engine runs either a torch model or an ONNX session")
+        self.model = model  # None when ONNX Runtime runs the encoder
+        self.onnx = onnx
+        self.backend = "torch" if onnx is None else "onnx"
         self.tokenizer = tokenizer
         self.settings = settings
         self.device = str(device)
@@ -91,13 +111,13 @@ class Engine:
         self.key_id = key_id
         self.languages = tuple(languages)  # ISO 639-1 codes from the sealed metadata; empty: not stated
         self.relevance_floor = relevance_floor  # calibrated weak-match cosine from the sealed metadata
-        self.dtype = next(model.parameters()).dtype
-        self.dimensions = int(model.config.hidden_size)
+        self.dtype = torch.float32 if model is None else next(model.parameters()).dtype
+        self.dimensions = onnx.dimensions if model is None else int(model.config.hidden_size)
         self.max_tokens = settings.max_seq_length
         self._torch_device = device
         # Padding positions are masked out, so any valid id will do when there is no pad token.
         self._pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-        self._bundle = bundle  # on the CPU the weights are views into its buffer: keep it alive
+        self._bundle = bundle  # torch on the CPU: the weights are views into its buffer, keep it alive
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         # The fast tokenizer re-applies truncation settings to its Rust backend on
         # every call; concurrent calls can collide on that ("Already borrowed").
@@ -105,25 +125,50 @@ class Engine:
         self._batcher = MicroBatcher(self._run_batch, self.dimensions, max_batch_tokens, max_batch_size)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, key: bytes, device: str = "auto", **options: int) -> "Engine":
-        """Open a sealed bundle; on any failure the plaintext is wiped and the error raised."""
+    def open(cls, path: str | os.PathLike, key: bytes, device: str = "auto", backend: str = "auto",
+             **options: int) -> "Engine":
+        """Open a sealed bundle; on any failure the plaintext is wiped and the error raised.
+
+        ``backend`` is ``EMBED_BACKEND``: ``auto`` runs ONNX Runtime on the CPU
+        when the bundle holds a graph (torch if that graph cannot serve, with a
+        warning), ``torch`` or ``onnx`` insist on one (``search.engine.onnx_backend``).
+        """
         torch_device = resolve_device(device)
+        backend = (backend or "auto").strip().lower()
         bundle = open_bundle(path, key)
         try:
             config = load_config(bundle.files)
             settings = read_settings(bundle.files, config)
             tokenizer = build_tokenizer(bundle.files, settings)
-            model = build_model(config, weights(bundle.files))
             model_id = bundle.model_id or config.name_or_path or "unnamed-model"
             key_id = bundle.header["key_id"]
             metadata = {"languages": bundle.languages, "relevance_floor": bundle.relevance_floor}
-            if torch_device.type == "cuda":
+            onnx = model = None
+            if choose_backend(backend, torch_device, bundle.files) == "onnx":
+                try:
+                    onnx = OnnxEncoder.open(bundle.files[ONNX_FILE], dimensions=int(config.hidden_size),
+                                            copied=lambda: bundle.discard(ONNX_FILE))
+                except EngineError as exc:
+                    if backend == "onnx":
+                        raise
+                    logger.warning("the sealed ONNX graph of %s cannot serve, running torch instead: %s",
+                                   model_id, exc)
+            if onnx is not None:
+                # The session holds its own copy of the weights: no plaintext
+                # of the bundle is needed any more, and no torch model is built.
+                bundle.wipe()
+                bundle = None
+            else:
+                bundle.discard(ONNX_FILE)  # torch runs: the graph's pages go back to the kernel
+                model = build_model(config, weights(bundle.files))
+            if model is not None and torch_device.type == "cuda":
                 half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
                 move_parameters(model, torch_device, half)
                 bundle.wipe()  # the weights now live on the GPU; nothing points into the buffer
                 bundle = None
             return cls(
                 model=model,
+                onnx=onnx,
                 tokenizer=tokenizer,
                 settings=settings,
                 device=torch_device,
@@ -178,9 +223,14 @@ class Engine:
                                 None if dimensions is None or dimensions >= self.dimensions else dimensions)
 
     def close(self) -> None:
-        """Stop the batch worker and wipe the decrypted bundle (the model is unusable afterwards)."""
+        """Stop the batch worker and wipe the decrypted bundle (the model is unusable afterwards).
+
+        An ONNX session's weights are its own memory: they are freed with the
+        session, not zeroed (as torch's weights on a GPU are).
+        """
         self._batcher.close()
         self.model = None
+        self.onnx = None
         if self._bundle is not None:
             self._bundle.wipe()
             self._bundle = None
@@ -216,6 +266,8 @@ class Engine:
             span = slice(width - len(seq), width) if self.settings.padding_side == "left" else slice(0, len(seq))
             input_ids[row, span] = seq
             mask[row, span] = 1
+        if self.onnx is not None:
+            return self._run_onnx(input_ids, mask)
         stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
         started = time.perf_counter()
         with torch.inference_mode(), stream:
@@ -225,5 +277,15 @@ class Engine:
             pooled = pool(hidden, mask_tensor, self.settings.pooling).float()
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
             vectors = pooled.cpu().numpy()  # waits for the device: the time is the forward pass's
+        MODEL_FORWARD_SECONDS.observe(time.perf_counter() - started)
+        return vectors
+
+    def _run_onnx(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The ONNX Runtime forward pass, then the very pooling and normalisation of the torch path."""
+        started = time.perf_counter()
+        hidden = self.onnx(input_ids, mask)
+        with torch.inference_mode():
+            pooled = pool(torch.from_numpy(hidden), torch.from_numpy(mask), self.settings.pooling).float()
+            vectors = torch.nn.functional.normalize(pooled, dim=-1).numpy()
         MODEL_FORWARD_SECONDS.observe(time.perf_counter() - started)
         return vectors

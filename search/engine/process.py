@@ -44,8 +44,14 @@ def _served_model_metric(previous: Engine | None, engine: Engine | None) -> None
         MODEL_INFO.labels(engine.model_id, str(engine.device)).set(1)
 
 
-def open_engine(path: str | os.PathLike, key: bytes | None, device: str = "auto") -> Engine:
-    """Open the sealed model for this process (gunicorn calls this after fork); fail closed."""
+def open_engine(
+    path: str | os.PathLike, key: bytes | None, device: str = "auto", backend: str | None = None
+) -> Engine:
+    """Open the sealed model for this process (gunicorn calls this after fork); fail closed.
+
+    ``backend`` defaults to the ``EMBED_BACKEND`` setting, so every caller
+    (the worker, ``kb_import``, ``demo_setup``) runs the backend the operator chose.
+    """
     global _engine, _engine_problem
     with _engine_lock:
         previous, _engine = _engine, None
@@ -54,15 +60,20 @@ def open_engine(path: str | os.PathLike, key: bytes | None, device: str = "auto"
         try:
             if key is None:
                 raise EngineError("no model key: set EMBED_MODEL_KEY or EMBED_MODEL_KEY_FILE")
-            engine = Engine.open(path, key, device)
+            if backend is None:
+                from django.conf import settings
+
+                backend = getattr(settings, "EMBED_BACKEND", "auto")
+            engine = Engine.open(path, key, device, backend)
         except Exception as exc:
             _engine_problem = f"the embedding model could not be opened: {exc}"
             raise
         _engine = engine
         _served_model_metric(previous, engine)
         logger.info(
-            "embedding model %s opened from %s on %s (key %s; languages %s; relevance floor %s)", engine.model_id,
-            path, engine.device, engine.key_id, ",".join(engine.languages) or "not stated",
+            "embedding model %s opened from %s on %s with %s (key %s; languages %s; relevance floor %s)",
+            engine.model_id, path, engine.device, engine.backend, engine.key_id,
+            ",".join(engine.languages) or "not stated",
             "not calibrated" if engine.relevance_floor is None else engine.relevance_floor,
         )
         return engine
@@ -73,4 +84,4 @@ def engine_status() -> tuple[bool, str]:
     engine = _engine
     if engine is None:
         return False, _engine_problem
-    return True, f"{engine.model_id} on {engine.device}"
+    return True, f"{engine.model_id} on {engine.device} ({engine.backend})"

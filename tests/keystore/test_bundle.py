@@ -342,3 +342,18 @@ def test_sealing_refuses_bad_languages_and_floors_and_writes_nothing(tmp_path, m
     with pytest.raises(BundleError, match=message):
         seal_bundle(model_files, tmp_path / "bad.enc", key, languages=languages, relevance_floor=floor)
     assert list(tmp_path.glob("bad.enc*")) == []
+
+
+def test_discard_zeroes_one_file_and_gives_its_pages_back(tmp_path, key):
+    big = os.urandom(5 * 4096 + 100)
+    path = tmp_path / "two-graphs.q3e.enc"
+    seal_bundle({"a.bin": b"kept-before" * 50, "graph.onnx": big, "z.bin": b"kept-after" * 50}, path, key)
+    with open_bundle(path, key) as bundle:  # private anonymous memory, the engine's default
+        graph = bundle.files["graph.onnx"]  # a view the test keeps, to read the memory afterwards
+        bundle.discard("graph.onnx")
+        assert "graph.onnx" not in bundle.files
+        assert not any(graph)
+        assert bytes(bundle.files["a.bin"]) == b"kept-before" * 50
+        assert bytes(bundle.files["z.bin"]) == b"kept-after" * 50
+        bundle.discard("graph.onnx")  # twice, or a file the bundle never had: nothing happens
+        bundle.discard("absent")

@@ -254,7 +254,7 @@ def test_model_seal_converts_pickled_weights_in_memory(tmp_path, tiny_qwen3_dir,
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
     before = snapshot(folder)
-    seal_model_folder(folder, tmp_path / "converted.enc", model_key)
+    seal_model_folder(folder, tmp_path / "converted.enc", model_key, onnx=False)  # torch: compared to torch below
     assert snapshot(folder) == before, "the conversion wrote to the model folder"
     with open_bundle(tmp_path / "converted.enc", model_key) as bundle:
         assert "model.safetensors" in bundle.files and "pytorch_model.bin" not in bundle.files
@@ -279,7 +279,7 @@ def test_legacy_cbc_file_reseals_to_identical_tensors(tmp_path, tiny_qwen3_dir, 
     legacy.write_bytes(iv + encryptor.update(padder.update(raw.getvalue()) + padder.finalize()) + encryptor.finalize())
 
     resealed = tmp_path / "new.q3e.enc"
-    reseal_legacy_cbc(legacy, resealed, model_key, config_dir=tiny_qwen3_dir)
+    reseal_legacy_cbc(legacy, resealed, model_key, config_dir=tiny_qwen3_dir, onnx=False)  # torch: its tensors
     with open_bundle(resealed, model_key) as bundle:
         tensors = safetensors_views(bundle.files["model.safetensors"])
         assert tensors.keys() == state.keys()
@@ -303,7 +303,7 @@ def process_engine_slot():
 def test_a_failed_open_serves_nothing(sealed_tiny_qwen3, model_key, process_engine_slot):
     open_engine(sealed_tiny_qwen3, model_key, "cpu")
     assert get_engine().model_id == "test/tiny-qwen3"
-    assert engine_status() == (True, "test/tiny-qwen3 on cpu")
+    assert engine_status() == (True, "test/tiny-qwen3 on cpu (torch)")
     with pytest.raises(WrongKeyError):
         open_engine(sealed_tiny_qwen3, os.urandom(32), "cpu")
     with pytest.raises(EngineUnavailable, match="wrong key"):

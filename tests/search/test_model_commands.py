@@ -23,9 +23,11 @@ def run(*args):
 
 def test_seal_inspect_verify(tmp_path, tiny_qwen3_dir, command_key):
     bundle = tmp_path / "tiny.q3e.enc"
-    assert "sealed" in run("model_seal", str(tiny_qwen3_dir), str(bundle), "--model-id", "test/tiny")
+    out = run("model_seal", str(tiny_qwen3_dir), str(bundle), "--model-id", "test/tiny")
+    assert "sealed" in out and "ONNX graph: included" in out
     with open_bundle(bundle, command_key) as opened:
         assert opened.model_id == "test/tiny" and "tokenizer.json" in opened.files
+        assert "onnx/model.onnx" in opened.files
     shown = run("model_inspect", str(bundle))
     assert f"key_id: {keystore_keys.key_id(command_key)}" in shown and "chunk_count: 1" in shown
     assert "OK" in run("model_verify", str(bundle))
@@ -36,13 +38,13 @@ def test_seal_refuses_to_overwrite_without_force(tmp_path, tiny_qwen3_dir):
     bundle.write_bytes(b"existing")
     with pytest.raises(CommandError, match="--force"):
         run("model_seal", str(tiny_qwen3_dir), str(bundle))
-    run("model_seal", str(tiny_qwen3_dir), str(bundle), "--force")
+    run("model_seal", str(tiny_qwen3_dir), str(bundle), "--force", "--no-onnx")
     assert inspect_bundle(bundle)["format_version"] == 1
 
 
 def test_verify_fails_with_exit_1_on_a_damaged_bundle(tmp_path, tiny_qwen3_dir):
     bundle = tmp_path / "tiny.q3e.enc"
-    run("model_seal", str(tiny_qwen3_dir), str(bundle), "--chunk-size", "4096")
+    run("model_seal", str(tiny_qwen3_dir), str(bundle), "--chunk-size", "4096", "--no-onnx")
     data = bytearray(bundle.read_bytes())
     data[5000] ^= 1
     bundle.write_bytes(bytes(data))
@@ -65,7 +67,8 @@ def test_legacy_cbc_reseal(tmp_path, tiny_qwen3_dir, command_key):
     legacy = tmp_path / "old.q3e.enc"
     legacy.write_bytes(iv + encryptor.update(padder.update(raw.getvalue()) + padder.finalize()) + encryptor.finalize())
     out = tmp_path / "new.q3e.enc"
-    run("model_seal", "--legacy-cbc", str(legacy), str(out), "--config-dir", str(tiny_qwen3_dir))
+    sealed = run("model_seal", "--legacy-cbc", str(legacy), str(out), "--config-dir", str(tiny_qwen3_dir))
+    assert "ONNX graph: included" in sealed
     assert "OK" in run("model_verify", str(out))
 
 

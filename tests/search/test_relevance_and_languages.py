@@ -125,7 +125,8 @@ def test_model_seal_records_languages_and_floor_in_the_sealed_metadata_only(tmp_
     from search.engine import Engine
 
     bundle = tmp_path / "multi.q3e.enc"
-    shown = run("model_seal", str(tiny_qwen3_dir), str(bundle), "--languages", "en, ZH", "--relevance-floor", "0.3")
+    shown = run("model_seal", str(tiny_qwen3_dir), str(bundle), "--languages", "en, ZH", "--relevance-floor", "0.3",
+                "--no-onnx")
     assert "languages: en,zh; relevance floor: 0.3" in shown
     engine = Engine.open(bundle, command_key, device="cpu")
     try:
