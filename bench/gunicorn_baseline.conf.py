@@ -1,6 +1,7 @@
 """Gunicorn settings for the benchmark's baseline server (case c): the same
-portal, but the model is opened from the plaintext folder and audit records
-are not written. Used only by bench/search_latency.py — never in production."""
+portal and the same sealed model on the same backend (ONNX Runtime on the
+CPU when the bundle holds a graph), but no audit record is written. Used only
+by bench/search_latency.py — never in production."""
 import os
 
 bind = os.environ["PORTAL_BIND"]
@@ -14,9 +15,12 @@ control_socket_disable = True
 
 
 def post_worker_init(worker):
-    from search import services
-    from search.engine import Engine, set_engine
+    import torch
 
-    set_engine(Engine.open_folder(os.environ["BENCH_PLAINTEXT_MODEL"], model_id=os.environ["BENCH_MODEL_ID"],
-                                  device="cpu"))
+    from keystore.keys import get_keyring
+    from search import services
+    from search.engine.process import open_engine
+
+    torch.set_num_threads(1)
+    open_engine(os.environ["EMBED_MODEL_PATH"], get_keyring().model_key, "cpu")
     services.record_event = lambda **kwargs: None  # audit off: the baseline the portal is measured against

@@ -329,7 +329,8 @@ def report(rows: list[dict], kill: dict | None, args, notes: list[str]) -> str:
         f"all-MiniLM-L6-v2 on the CPU, {args.clients} concurrent clients, {args.rounds} rounds × "
         f"{args.seconds:.0f} s per case, cases interleaved in rotating order; the portal as shipped "
         f"(`portal/gunicorn.conf.py` defaults), sealed model, audit on; run {dt.date.today().isoformat()} with "
-        f"`.venv/bin/python bench/load.py --seconds {args.seconds:g} --rounds {args.rounds}`.",
+        f"`.venv/bin/python bench/load.py --seconds {args.seconds:g} --rounds {args.rounds}"
+        f"{''.join(f' --also {spec}' for spec in args.also)}`.",
         "",
         "| case | requests/s | embeddings/s | p50 ms | p95 ms | p99 ms | not 200 |",
         "|---|---:|---:|---:|---:|---:|---|",

@@ -3,7 +3,7 @@
 All in one run, p50 and p95:
   (a) the engine embedding one query in-process — the floor;
   (b) POST /api/v1/search through gunicorn, sealed model, audit on;
-  (c) the same through gunicorn with the plaintext model and audit off;
+  (c) the same through gunicorn, the same sealed model and backend, audit off;
   (d) the naive design: embed a 1,000-line knowledge base on every query;
 the floors of the layers a request crosses, each a JSON POST through the
 same gunicorn (bench/floor_apps.py): bare WSGI, a minimal Django view, a
@@ -91,7 +91,7 @@ def main():
                DATABASE_URL=f"sqlite:///{work / 'portal.sqlite3'}", EMBED_MODEL_KEY=model_key,
                AUDIT_HMAC_KEY=audit_key, EMBED_MODEL_PATH=str(work / "model.q3e.enc"), EMBED_DEVICE="cpu",
                PORTAL_CACHE_DIR=str(work / "cache"), API_THROTTLE_RATE="100000/min", LOG_LEVEL="WARNING",
-               BENCH_PLAINTEXT_MODEL=str(plaintext), BENCH_MODEL_ID=MODEL_ID, PORTAL_ACCESS_LOG="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+               PORTAL_ACCESS_LOG="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     os.environ.update(env)
     import django
 
@@ -101,7 +101,7 @@ def main():
     from django.core.management import call_command
 
     torch.set_num_threads(1)
-    from search.sealing import seal_folder
+    from search.legacy import seal_model_folder
     from keystore.keys import get_keyring
     from portal.models import Membership, Tenant
     from portal.services import token_create
@@ -112,7 +112,7 @@ def main():
     from search.services import documents_import, kb_create
 
     call_command("migrate", verbosity=0)
-    seal_folder(plaintext, env["EMBED_MODEL_PATH"], get_keyring().model_key, model_id=MODEL_ID)
+    seal_model_folder(plaintext, env["EMBED_MODEL_PATH"], get_keyring().model_key, model_id=MODEL_ID)
     engine = Engine.open(env["EMBED_MODEL_PATH"], get_keyring().model_key, device="cpu")
     set_engine(engine)
     from django.contrib.auth import get_user_model
@@ -209,7 +209,7 @@ def main():
     text = "\n".join([
         "## Search latency (`bench/search_latency.py`)",
         "",
-        f"all-MiniLM-L6-v2 on the CPU (1 torch thread), demo FAQ (60 entries), {args.requests} queries per "
+        f"all-MiniLM-L6-v2 on the CPU ({engine.backend}, 1 thread), sealed as `model_seal` seals it, demo FAQ (60 entries), {args.requests} queries per "
         f"case, (a)/(b)/(c) and the floors interleaved in rotating order; gunicorn 1 worker × 1 thread each; run {dt.date.today().isoformat()} with "
         f"`.venv/bin/python bench/search_latency.py --requests {args.requests}`.",
         "",
@@ -217,7 +217,7 @@ def main():
         "|---|---:|---:|",
         f"| (a) engine embeds one query (floor) | {a50:.2f} | {a95:.2f} |",
         f"| (b) API search via gunicorn, sealed model, audit on | {b50:.2f} | {b95:.2f} |",
-        f"| (c) API search via gunicorn, plaintext model, audit off | {c50:.2f} | {c95:.2f} |",
+        f"| (c) API search via gunicorn, same model and backend, audit off | {c50:.2f} | {c95:.2f} |",
         f"| (d) naive: embed 1,000 lines on every query | {d50:.0f} | {max(naive):.0f} |",
         f"| floor: bare WSGI JSON POST through gunicorn | {floor['wsgi'][0]:.2f} | {floor['wsgi'][1]:.2f} |",
         f"| floor: minimal Django view | {floor['django'][0]:.2f} | {floor['django'][1]:.2f} |",
