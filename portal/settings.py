@@ -31,12 +31,18 @@ _KEYRING = install_keyring()
 SETTINGS_ERRORS: list[str] = []
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, low: int | None = None, high: int | None = None) -> int:
+    """A whole number from the environment; outside ``low``..``high`` (when
+    given) it is a settings error that stops startup, naming the range."""
     try:
-        return env.int(name, default=default)
+        value = env.int(name, default=default)
     except ValueError:
         SETTINGS_ERRORS.append(f"{name} must be a whole number")
         return default
+    if (low is not None and value < low) or (high is not None and value > high):
+        SETTINGS_ERRORS.append(f"{name} must be from {low} to {high}, not {value}")
+        return default
+    return value
 
 
 # Production is the default and strict (SPEC §10, docs/decisions.md); only
@@ -336,11 +342,16 @@ IMPORT_JOB_STALE_SECONDS = _env_int("IMPORT_JOB_STALE_SECONDS", 900)
 # searched exactly; a larger one through the HNSW index, which reads about
 # SEARCH_HNSW_EF_SEARCH candidates per search (bench/vector_search.py).
 SEARCH_EXACT_MAX_ROWS = _env_int("SEARCH_EXACT_MAX_ROWS", 10_000)
-SEARCH_HNSW_EF_SEARCH = _env_int("SEARCH_HNSW_EF_SEARCH", 100)
+SEARCH_HNSW_EF_SEARCH = _env_int("SEARCH_HNSW_EF_SEARCH", 100, 1, 1000)
 # The HNSW graph's links per node and build-time candidate list, read when an
-# index is built (a change applies to indexes built after it).
-SEARCH_HNSW_M = _env_int("SEARCH_HNSW_M", 32)
-SEARCH_HNSW_EF_CONSTRUCTION = _env_int("SEARCH_HNSW_EF_CONSTRUCTION", 128)
+# index is built (a change applies to indexes built after it). The ranges are
+# pgvector's: outside them it refuses to build the index, so the portal
+# refuses to start instead, naming the variable.
+SEARCH_HNSW_M = _env_int("SEARCH_HNSW_M", 32, 2, 100)
+SEARCH_HNSW_EF_CONSTRUCTION = _env_int("SEARCH_HNSW_EF_CONSTRUCTION", 128, 4, 1000)
+if SEARCH_HNSW_EF_CONSTRUCTION < 2 * SEARCH_HNSW_M:
+    SETTINGS_ERRORS.append(f"SEARCH_HNSW_EF_CONSTRUCTION ({SEARCH_HNSW_EF_CONSTRUCTION}) must be at least twice "
+                           f"SEARCH_HNSW_M ({SEARCH_HNSW_M}), as pgvector requires")
 EMBEDDINGS_MAX_INPUTS = _env_int("EMBEDDINGS_MAX_INPUTS", 256)
 # Per token (API) and per user (session); counted in the shared cache.
 REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["search.throttles.TokenOrUserRateThrottle"]

@@ -85,6 +85,12 @@ def test_the_wsgi_worker_refuses_to_start_without_production_settings(production
     ({"DJANGO_CSRF_TRUSTED_ORIGINS": "http://search.bank.internal"}, "must be https://host[:port] origins"),
     ({"DJANGO_HSTS_SECONDS": "a year"}, "DJANGO_HSTS_SECONDS must be a whole number"),
     ({"PORTAL_MODE": "staging"}, "PORTAL_MODE must be 'production' or 'development'"),
+    # pgvector's ranges, checked at startup rather than at the first index build
+    ({"SEARCH_HNSW_M": "1"}, "SEARCH_HNSW_M must be from 2 to 100, not 1"),
+    ({"SEARCH_HNSW_EF_CONSTRUCTION": "5000"}, "SEARCH_HNSW_EF_CONSTRUCTION must be from 4 to 1000, not 5000"),
+    ({"SEARCH_HNSW_M": "64", "SEARCH_HNSW_EF_CONSTRUCTION": "100"},
+     "SEARCH_HNSW_EF_CONSTRUCTION (100) must be at least twice SEARCH_HNSW_M (64)"),
+    ({"SEARCH_HNSW_EF_SEARCH": "0"}, "SEARCH_HNSW_EF_SEARCH must be from 1 to 1000, not 0"),
 ])
 def test_an_unsafe_production_value_stops_startup_naming_it(production_env, changes, message):
     result = run(without(production_env, **changes), "check")
