@@ -8,6 +8,7 @@ from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_POST
 
 from portal.access import capability_required
@@ -128,8 +129,11 @@ def _job_state(job) -> dict:
     elif job.status == job.Status.RUNNING:
         message = _("Embedding: %(done)d of %(total)d entries…") % {"done": job.done, "total": job.total}
     elif job.status == job.Status.SUCCEEDED:
-        message = _("%(added)d entries added, %(skipped)d duplicates skipped.") % {
-            "added": job.added or 0, "skipped": job.skipped_duplicates or 0}
+        added, skipped = job.added or 0, job.skipped_duplicates or 0
+        message = _("%(added)s, %(skipped)s.") % {
+            "added": ngettext("%(count)d entry added", "%(count)d entries added", added) % {"count": added},
+            "skipped": ngettext("%(count)d duplicate skipped", "%(count)d duplicates skipped",
+                                skipped) % {"count": skipped}}
     else:
         message = _("Import failed: %(error)s") % {"error": _(job.error) if job.error else ""}
     # The bar: the upload is its first tenth, the embedding the rest.

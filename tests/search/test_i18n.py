@@ -117,3 +117,21 @@ def test_audit_pages_have_no_untranslated_string_in_chinese(reviewed, faq_kb, pe
             reviewed.checkpoint.signing_key_id, faq_kb.model_id, faq_kb.name, "chris"] + AUDIT_DATA
     words = english_words(html, [d for d in data if d])
     assert words == set(), sorted(words)
+
+
+@pytest.mark.parametrize("language,added,skipped,expected", [
+    ("en", 1, 2, "1 entry added, 2 duplicates skipped."),
+    ("en", 3, 1, "3 entries added, 1 duplicate skipped."),
+    ("en", 0, 0, "0 entries added, 0 duplicates skipped."),
+    ("zh-hans", 1, 2, "已添加 1 条，跳过重复 2 条。"),
+])
+def test_a_finished_import_counts_in_the_right_number_and_language(language, added, skipped, expected):
+    from django.utils import translation
+
+    from search.models import ImportJob
+    from search.views import _job_state
+
+    job = ImportJob(pk=7, knowledge_base_id=3, status=ImportJob.Status.SUCCEEDED, added=added,
+                    skipped_duplicates=skipped, total=added + skipped, done=added + skipped)
+    with translation.override(language):
+        assert _job_state(job)["message"] == expected

@@ -165,7 +165,7 @@ def test_upload_imports_skips_duplicates_and_audits(faq_kb, people, client):
     call_command("db_worker", "--batch", "--no-startup-delay", verbosity=0)
     job = client.get(response["Location"]).json()
     assert (job["status"], job["added"], job["skipped_duplicates"]) == ("succeeded", 1, 1)
-    assert job["message"] == "1 entries added, 1 duplicates skipped."
+    assert job["message"] == "1 entry added, 1 duplicate skipped."
     event = AuditEvent.objects.filter(action="doc.import").latest("id")
     assert event.detail["added"] == 1 and event.username == "carol" and event.kb_id == faq_kb.pk
 

@@ -57,5 +57,8 @@ class Command(BaseCommand):
                                           progress=progress)
         except (ImportFileError, SearchInputError, ModelMismatch, EngineError, AuditUnavailable) as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(f"{result.added} entries added to {kb!r} ({tenant}), "
-                          f"{result.skipped} duplicates skipped, {result.truncated} truncated")
+        def counted(n: int, one: str, many: str) -> str:
+            return f"{n} {one if n == 1 else many}"
+
+        self.stdout.write(f"{counted(result.added, 'entry', 'entries')} added to {kb!r} ({tenant}), "
+                          f"{counted(result.skipped, 'duplicate', 'duplicates')} skipped, {result.truncated} truncated")
