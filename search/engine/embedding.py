@@ -61,11 +61,11 @@ class EmbedResult:
 class PendingEmbedding:
     """Texts queued for the model (``Engine.embed_start``); ``result()`` waits for them."""
 
-    def __init__(self, request, ids: list[list[int]], truncated: list[bool], dimensions: int | None):
-        self._request, self._ids, self._truncated, self._dimensions = request, ids, truncated, dimensions
+    def __init__(self, queued, ids: list[list[int]], truncated: list[bool], dimensions: int | None):
+        self._queued, self._ids, self._truncated, self._dimensions = queued, ids, truncated, dimensions
 
     def result(self) -> EmbedResult:
-        vectors = self._request.wait()
+        vectors = self._queued.wait()
         if self._dimensions is not None:
             vectors = vectors[:, :self._dimensions]
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -17,7 +17,8 @@ APPS = ("audit", "portal", "search")
 def python_files(*folders):
     for folder in folders:
         for path in sorted((ROOT / folder).rglob("*.py")):
-            if "migrations" not in path.parts:
+            # bench/out/ holds the benchmark peers' virtualenvs (git-ignored), not ours.
+            if "migrations" not in path.parts and not path.is_relative_to(ROOT / "bench" / "out"):
                 yield path
 
 
