@@ -67,6 +67,48 @@ def row_get(model, **lookup):
     return model.from_db(connection.alias, attnames, _converted(row, converters))
 
 
+@functools.lru_cache(maxsize=16)
+def _joined_plan(vendor: str, model, where: tuple[str, ...], related: tuple[str, ...]):
+    """One SELECT of ``model``'s row and the rows its foreign keys ``related``
+    point to (an inner join each, as select_related would build)."""
+    quote = connection.ops.quote_name
+    meta = model._meta
+    parts = [(None, model, "t0")] + [(name, meta.get_field(name).related_model, f"t{i}")
+                                      for i, name in enumerate(related, 1)]
+    columns, plans = [], []
+    for name, part_model, alias in parts:
+        _, attnames, converters = _plan(vendor, part_model, (part_model._meta.pk.attname,), None)
+        plans.append((name, part_model, len(columns), attnames, converters))
+        columns += [f"{alias}.{quote(f.column)}" for f in part_model._meta.concrete_fields]
+    joins = " ".join(
+        f"JOIN {quote(part_model._meta.db_table)} {alias} ON {alias}.{quote(part_model._meta.pk.column)} = "
+        f"t0.{quote(meta.get_field(name).column)}" for name, part_model, alias in parts[1:])
+    conditions = " AND ".join(f"t0.{quote(meta.get_field(name).column)} = %s" for name in where)
+    return f"SELECT {', '.join(columns)} FROM {quote(meta.db_table)} t0 {joins} WHERE {conditions}", plans
+
+
+def row_get_related(model, related: tuple[str, ...], **lookup):
+    """``row_get`` with the rows of the foreign keys ``related`` read in the
+    same statement and set on the instance; None if any of them is missing."""
+    where = _where(model, lookup)
+    if where is None:
+        return None
+    sql, plans = _joined_plan(connection.vendor, model, where[0], related)
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " LIMIT 1", where[1])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    instances = {}
+    for name, part_model, start, attnames, converters in plans:
+        values = _converted(row[start:start + len(attnames)], converters)
+        instances[name] = part_model.from_db(connection.alias, attnames, values)
+    instance = instances.pop(None)
+    for name, related_instance in instances.items():
+        setattr(instance, name, related_instance)
+    return instance
+
+
 def column_values(model, column: str, **lookup) -> list:
     """The values of one column over the rows that match ``lookup``."""
     where = _where(model, lookup)

@@ -13,7 +13,7 @@ from django.utils import timezone
 from audit.ledger.models import Outcome
 from audit.ledger.services import record_event
 from portal.models import ApiToken, Membership, Tenant
-from portal.rows import column_values, row_get
+from portal.rows import column_values, row_get_related
 from portal.storage import short_busy_timeout
 
 logger = logging.getLogger(__name__)
@@ -87,8 +87,8 @@ def token_authenticate(token_text: str) -> tuple[ApiToken | None, str]:
     """The active token row for a presented token, or None and why not.
 
     Runs on every API request, so it reads in plain SQL (portal.rows): the
-    token, its user, its tenant and the user's roles there."""
-    row = row_get(ApiToken, digest=token_digest(token_text))
+    token with its user and tenant, and the user's roles there."""
+    row = row_get_related(ApiToken, ("user", "tenant"), digest=token_digest(token_text))
     if row is None:
         return None, "invalid token"
     if row.revoked_at is not None:
@@ -96,11 +96,7 @@ def token_authenticate(token_text: str) -> tuple[ApiToken | None, str]:
     now = timezone.now()
     if row.expires_at <= now:
         return None, "token expired"
-    user = row_get(get_user_model(), pk=row.user_id)
-    tenant = row_get(Tenant, pk=row.tenant_id)
-    if user is None or tenant is None:
-        return None, "invalid token"
-    row.user, row.tenant = user, tenant
+    user = row.user
     # The roles are read here once; the request reuses them for every capability check.
     row.roles = frozenset(column_values(Membership, "role", user_id=row.user_id, tenant_id=row.tenant_id))
     if not user.is_active or not row.roles:

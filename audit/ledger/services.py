@@ -157,7 +157,7 @@ def _append_transaction(durable: bool = True):
         db.execute("COMMIT")
     finally:
         if not durable:
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA synchronous={settings.SQLITE_SYNCHRONOUS}")
 
 
 def record_event(*, action: str, outcome: str = Outcome.SUCCESS, tenant=None, user=None,

@@ -5,7 +5,7 @@ import datetime as dt
 from django.contrib.auth import get_user_model
 
 from portal.models import ApiToken, Membership, Tenant
-from portal.rows import column_values, row_get
+from portal.rows import column_values, row_get, row_get_related
 from portal.scope import Scope, scoped_row
 from search.models import KnowledgeBase
 
@@ -27,6 +27,19 @@ def test_row_get_matches_the_orm(tenants, make_user, make_token):
     assert not token._state.adding and token._state.db == "default"
     assert same_fields(row_get(get_user_model(), pk=user.pk), user)
     assert same_fields(row_get(Tenant, slug="acme"), tenants["acme"])
+
+
+def test_row_get_related_reads_the_parents_in_one_statement(tenants, make_user, make_token,
+                                                            django_assert_num_queries):
+    user = make_user("fay", tenants["globex"], "searcher")
+    row, _ = make_token(user, tenants["globex"])
+    with django_assert_num_queries(1):
+        token = row_get_related(ApiToken, ("user", "tenant"), digest=row.digest)
+        assert token.user_id == user.pk and token.tenant.slug == "globex"  # no further query
+    assert same_fields(token, ApiToken.objects.get(pk=row.pk))
+    assert same_fields(token.user, user) and same_fields(token.tenant, tenants["globex"])
+    assert row_get_related(ApiToken, ("user", "tenant"), digest="no-such") is None
+    assert row_get_related(ApiToken, ("user",), pk=2 ** 70) is None
 
 
 def test_row_get_misses_cleanly(tenants):
