@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ from search.engine import (
 )
 from search.legacy import reseal_legacy_cbc, seal_model_folder
 from search.sealing import seal_folder
-from tests.search.conftest import MINILM_ID, QWEN3_QUERY_PROMPT
+from tests.search.conftest import MINILM_ID, MINILM_LANGUAGES, MINILM_RELEVANCE_FLOOR, QWEN3_QUERY_PROMPT
 
 DATA = Path("/work/shared/data")
 PARITY = 0.99999
@@ -204,7 +205,54 @@ def snapshot(folder):
     return sorted(str(p) for p in Path(folder).rglob("*"))
 
 
-def test_opening_writes_no_file(sealed_minilm, model_key, tmp_path, monkeypatch):
+def files_under(folder):
+    """Every file below ``folder``. torch creates its empty cache folder (torchinductor_<user>) in
+    TMPDIR when the exporter is imported; it writes nothing into it, and folders hold no plaintext."""
+    return sorted(str(p) for p in Path(folder).rglob("*") if not p.is_dir())
+
+
+_SEALED_WITH_GRAPH = {}
+
+
+def minilm_sealed_with_graph(tmp_path_factory, minilm_dir, model_key):
+    """MiniLM sealed as `manage.py model_seal` seals it (the graph exported), with every file the
+    seal wrote recorded: Python-level opens for writing, and what appeared in TMPDIR and the cwd.
+    Sealed once per session and key (the export takes seconds): here and in test_onnx_backend.py."""
+    if model_key not in _SEALED_WITH_GRAPH:
+        _SEALED_WITH_GRAPH[model_key] = _seal_minilm_with_graph(tmp_path_factory, minilm_dir, model_key)
+    return _SEALED_WITH_GRAPH[model_key]
+
+
+def _seal_minilm_with_graph(tmp_path_factory, minilm_dir, model_key):
+    root = tmp_path_factory.mktemp("onnx-seal")
+    private_tmp, workdir, out_dir = root / "tmp", root / "cwd", root / "out"
+    for folder in (private_tmp, workdir, out_dir):
+        folder.mkdir()
+    model_before = snapshot(minilm_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(private_tmp))
+        patch.setenv("TMPDIR", str(private_tmp))
+        patch.chdir(workdir)
+        WriteWatcher.active = []
+        try:
+            header = seal_model_folder(minilm_dir, out_dir / "minilm.q3e.enc", model_key, model_id=MINILM_ID,
+                                       languages=MINILM_LANGUAGES, relevance_floor=MINILM_RELEVANCE_FLOOR)
+            written = WriteWatcher.active
+        finally:
+            WriteWatcher.active = None
+    return SimpleNamespace(path=out_dir / "minilm.q3e.enc", header=header, written=written, out_dir=out_dir,
+                           tmp=files_under(private_tmp), cwd=files_under(workdir), out=snapshot(out_dir),
+                           model_unchanged=snapshot(minilm_dir) == model_before)
+
+
+@pytest.fixture
+def sealed_minilm_with_graph(tmp_path_factory, minilm_dir, model_key):
+    return minilm_sealed_with_graph(tmp_path_factory, minilm_dir, model_key).path
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_opening_writes_no_file(backend, request, model_key, tmp_path, monkeypatch):
+    bundle = request.getfixturevalue("sealed_minilm" if backend == "torch" else "sealed_minilm_with_graph")
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
     workdir = tmp_path / "cwd"
@@ -212,18 +260,22 @@ def test_opening_writes_no_file(sealed_minilm, model_key, tmp_path, monkeypatch)
     monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     monkeypatch.setenv("TMPDIR", str(private_tmp))
     monkeypatch.chdir(workdir)
-    bundle_dir_before = snapshot(sealed_minilm.parent)
+    bundle_dir_before = snapshot(bundle.parent)
     WriteWatcher.active = []
     try:
-        engine = Engine.open(sealed_minilm, model_key, device="cpu")
-        engine.embed(["nothing lands on disk"])
-        engine.close()
+        engine = Engine.open(bundle, model_key, device="cpu", backend=backend)
+        try:
+            engine.embed(["nothing lands on disk"])
+            opened_with = engine.backend
+        finally:
+            engine.close()
         written = WriteWatcher.active
     finally:
         WriteWatcher.active = None
+    assert opened_with == backend
     assert written == []
-    assert snapshot(private_tmp) == [] and snapshot(workdir) == []
-    assert snapshot(sealed_minilm.parent) == bundle_dir_before
+    assert files_under(private_tmp) == [] and files_under(workdir) == []
+    assert snapshot(bundle.parent) == bundle_dir_before
 
 
 # --- failures ----------------------------------------------------------------------

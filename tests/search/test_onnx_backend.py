@@ -7,9 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,8 +23,8 @@ from search.engine.onnx_backend import ONNX_FILE, choose_backend
 from search.legacy import seal_model_folder
 from search.onnx_export import ONNX_WEIGHTS_LIMIT, export_onnx, float32_weights_size
 from search.sealing import seal_folder
-from tests.search.conftest import MINILM_ID, MINILM_LANGUAGES, MINILM_RELEVANCE_FLOOR
-from tests.search.test_engine import DATA, TEXTS, WriteWatcher, cosine_rows, snapshot
+from tests.search.conftest import MINILM_ID, MINILM_RELEVANCE_FLOOR
+from tests.search.test_engine import DATA, TEXTS, cosine_rows, files_under, minilm_sealed_with_graph
 
 PARITY = 0.99999  # SPEC §7, the same bar as the torch engine's
 QWEN3_TEXTS = [
@@ -43,12 +41,6 @@ def recording_open_bundle(buffers):
     return opener
 
 
-def files_under(folder):
-    """Every file below ``folder``. torch creates its empty cache folder (torchinductor_<user>) in
-    TMPDIR when the exporter is imported; it writes nothing into it, and folders hold no plaintext."""
-    return sorted(str(p) for p in Path(folder).rglob("*") if not p.is_dir())
-
-
 def run_command(*args):
     out = io.StringIO()
     call_command(*args, stdout=out, stderr=io.StringIO(), verbosity=0)
@@ -60,27 +52,7 @@ def run_command(*args):
 
 @pytest.fixture(scope="module")
 def minilm_onnx_sealing(tmp_path_factory, minilm_dir, model_key):
-    """MiniLM sealed as `manage.py model_seal` seals it (the graph exported), with every file the
-    seal wrote recorded: Python-level opens for writing, and what appeared in TMPDIR and the cwd."""
-    root = tmp_path_factory.mktemp("onnx-seal")
-    private_tmp, workdir, out_dir = root / "tmp", root / "cwd", root / "out"
-    for folder in (private_tmp, workdir, out_dir):
-        folder.mkdir()
-    model_before = snapshot(minilm_dir)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tempfile, "tempdir", str(private_tmp))
-        patch.setenv("TMPDIR", str(private_tmp))
-        patch.chdir(workdir)
-        WriteWatcher.active = []
-        try:
-            header = seal_model_folder(minilm_dir, out_dir / "minilm.q3e.enc", model_key, model_id=MINILM_ID,
-                                       languages=MINILM_LANGUAGES, relevance_floor=MINILM_RELEVANCE_FLOOR)
-            written = WriteWatcher.active
-        finally:
-            WriteWatcher.active = None
-    return SimpleNamespace(path=out_dir / "minilm.q3e.enc", header=header, written=written, out_dir=out_dir,
-                           tmp=files_under(private_tmp), cwd=files_under(workdir), out=snapshot(out_dir),
-                           model_unchanged=snapshot(minilm_dir) == model_before)
+    return minilm_sealed_with_graph(tmp_path_factory, minilm_dir, model_key)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +136,7 @@ def test_a_mixed_length_batch_equals_each_text_alone(minilm_onnx_engine, minilm_
     assert short.shape == (2, 64) and np.allclose(np.linalg.norm(short, axis=1), 1.0, atol=1e-5)
 
 
-def test_the_session_is_built_from_bytes_and_every_plaintext_copy_is_wiped(sealed_minilm_onnx, model_key, tmp_path,
+def test_the_session_is_built_from_bytes_and_every_plaintext_copy_is_wiped(sealed_minilm_onnx, model_key,
                                                                           monkeypatch):
     import onnxruntime
 
@@ -178,28 +150,15 @@ def test_the_session_is_built_from_bytes_and_every_plaintext_copy_is_wiped(seale
     buffers = []
     monkeypatch.setattr(onnxruntime, "InferenceSession", recording_session)
     monkeypatch.setattr(engine_embedding, "open_bundle", recording_open_bundle(buffers))
-    private_tmp, workdir = tmp_path / "tmp", tmp_path / "cwd"
-    private_tmp.mkdir()
-    workdir.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
-    monkeypatch.setenv("TMPDIR", str(private_tmp))
-    monkeypatch.chdir(workdir)
-    bundle_dir_before = snapshot(sealed_minilm_onnx.parent)
-    WriteWatcher.active = []
+    # That it writes no file either: test_engine.py, test_opening_writes_no_file[onnx].
+    engine = Engine.open(sealed_minilm_onnx, model_key, device="cpu")
     try:
-        engine = Engine.open(sealed_minilm_onnx, model_key, device="cpu")
-        engine.embed(["nothing lands on disk"])
-        written = WriteWatcher.active
-    finally:
-        WriteWatcher.active = None
-    try:
+        engine.embed(["the graph is handed over as bytes"])
         assert engine.backend == "onnx"
         assert len(handed) == 1 and type(handed[0]) is bytes  # the graph itself, never a path
         assert len(handed[0]) > 80 * 2**20 and not any(handed[0])  # our copy of it, zeroed once the session was built
         assert engine.onnx.session._model_bytes is None  # and not kept by the session
         assert len(buffers) == 1 and not any(buffers[0])  # the decrypted bundle, wiped
-        assert written == [] and files_under(private_tmp) == [] and files_under(workdir) == []
-        assert snapshot(sealed_minilm_onnx.parent) == bundle_dir_before
     finally:
         engine.close()
 
