@@ -7,7 +7,10 @@ import functools
 import hashlib
 import hmac
 import ipaddress
+import fcntl
 import logging
+import os
+import threading
 import time
 
 from django.conf import settings
@@ -123,6 +126,31 @@ def _append(values: dict, key: bytes) -> None:
         cursor.close()
 
 
+_process_append_lock = threading.Lock()
+_append_lock_files: dict[tuple[int, str], int] = {}  # (pid, database): a forked child opens its own
+
+
+@contextlib.contextmanager
+def _sqlite_append_lock():
+    """Appends to one SQLite file take turns in arrival order: threads of this
+    process on a lock, processes on an flock of ``<database>.append-lock``.
+    Both wake the next writer the moment the lock is released, where SQLite's
+    own busy handler polls with sleeps of 1 to 100 ms."""
+    name = str(connection.settings_dict["NAME"])
+    with _process_append_lock:
+        fd = _append_lock_files.get((os.getpid(), name))
+        if fd is None and not name.startswith(":memory:") and "mode=memory" not in name:
+            fd = _append_lock_files[os.getpid(), name] = os.open(name + ".append-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        if fd is None:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def _append_transaction(durable: bool = True):
     """The transaction an append runs in. Inside a caller's atomic block, that
@@ -142,6 +170,11 @@ def _append_transaction(durable: bool = True):
                     cursor.execute("SET LOCAL synchronous_commit TO OFF")
             yield
         return
+    with _sqlite_append_lock():
+        yield from _sqlite_transaction(durable)
+
+
+def _sqlite_transaction(durable: bool):
     db = connection.connection
     if not durable:
         # WAL mode: the commit is appended to the WAL without an fsync; the

@@ -200,6 +200,56 @@ def test_concurrent_appends_never_share_a_predecessor(tenants):
     assert report.ok and report.events == 1600
 
 
+def _hold_append_lock(path, held, release):
+    import fcntl
+    import os
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    held.set()
+    release.wait(30)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.django_db(transaction=True)
+def test_sqlite_appends_of_all_processes_take_turns_on_one_lock_file(tenants):
+    # Processes queue on an flock (woken when it is released), not on SQLite's
+    # busy handler, which polls with sleeps of up to 100 ms under load.
+    import multiprocessing
+    import os
+    import stat
+
+    record_event(action="auth.login", tenant=tenants["acme"])
+    lock_path = str(connection.settings_dict["NAME"]) + ".append-lock"
+    assert stat.S_IMODE(os.stat(lock_path).st_mode) == 0o600
+    context = multiprocessing.get_context("fork")
+    held, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_append_lock, args=(lock_path, held, release))
+    holder.start()
+    try:
+        assert held.wait(30)
+        appended = threading.Event()
+
+        def append():
+            try:
+                record_event(action="auth.login", tenant=tenants["acme"])
+                appended.set()
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=append)
+        thread.start()
+        assert not appended.wait(0.5)  # another process holds the turn
+        release.set()
+        thread.join(30)
+        assert appended.is_set()
+    finally:
+        release.set()
+        holder.join(30)
+    assert verify_chain(tenants["acme"].pk).events == 2
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_refused_append_outside_any_transaction_leaves_nothing_open(tenants):
     # Outside an atomic block (a request, a command) SQLite appends run their
