@@ -90,6 +90,23 @@ class SQLiteCache(BaseCache):
             raise ValueError(f"Key '{key}' not found or not an integer")
         return row[0]
 
+    def count_hit(self, key, timeout, version=None) -> int:
+        """Add one to the integer at ``key`` and return it; a missing or expired
+        entry starts again at 1, living ``timeout`` seconds. One statement, so
+        atomic across processes: what a fixed-window throttle needs per request
+        (``add`` then ``incr`` took two writes)."""
+        key = self.make_and_validate_key(key, version=version)
+        now = time.time()
+        row = self._db().execute(
+            "INSERT INTO cache (key, value, expires) VALUES (?, 1, ?) ON CONFLICT (key) DO UPDATE SET "
+            "value = CASE WHEN typeof(cache.value) = 'integer' AND " + _LIVE.replace("expires", "cache.expires")
+            + " THEN cache.value + 1 ELSE 1 END, "
+            "expires = CASE WHEN typeof(cache.value) = 'integer' AND " + _LIVE.replace("expires", "cache.expires")
+            + " THEN cache.expires ELSE excluded.expires END RETURNING value",
+            (key, self.get_backend_timeout(timeout), now, now)).fetchone()
+        self._wrote()
+        return row[0]
+
     def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
         key = self.make_and_validate_key(key, version=version)
         cursor = self._db().execute(f"UPDATE cache SET expires = ? WHERE key = ? AND {_LIVE}",

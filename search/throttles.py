@@ -33,6 +33,8 @@ class TokenOrUserRateThrottle(SimpleRateThrottle):
         window = int(self.now // self.duration)
         self.window_ends = (window + 1) * self.duration
         key = f"{key}:{window}"
+        if hasattr(self.cache, "count_hit"):  # portal.cache: one statement
+            return self.cache.count_hit(key, self.duration + 1) <= self.num_requests
         if self.cache.add(key, 1, self.duration + 1):
             count = 1
         else:

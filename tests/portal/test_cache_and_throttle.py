@@ -8,16 +8,20 @@ from portal.cache import SQLiteCache
 from search.throttles import TokenOrUserRateThrottle
 
 
-def _count(path, times, out):
+def _count(path, times, how, out):
     cache = SQLiteCache(path, {})
-    out.put([cache.incr("hits") for _ in range(times)])
+    hit = (lambda: cache.incr("hits")) if how == "incr" else (lambda: cache.count_hit("hits", 60))
+    out.put([hit() for _ in range(times)])
 
 
-def test_processes_share_the_count_and_lose_no_hit(tmp_path):
+@pytest.mark.parametrize("how", ["incr", "count_hit"])
+def test_processes_share_the_count_and_lose_no_hit(tmp_path, how):
     path = str(tmp_path / "cache" / "cache.sqlite3")
-    assert SQLiteCache(path, {}).add("hits", 0, 60)
+    if how == "incr":
+        assert SQLiteCache(path, {}).add("hits", 0, 60)
     out = multiprocessing.get_context("fork").Queue()
-    workers = [multiprocessing.get_context("fork").Process(target=_count, args=(path, 150, out)) for _ in range(4)]
+    workers = [multiprocessing.get_context("fork").Process(target=_count, args=(path, 150, how, out))
+               for _ in range(4)]
     for w in workers:
         w.start()
     seen = sorted(n for _ in workers for n in out.get(timeout=60))
@@ -48,6 +52,19 @@ def test_cache_semantics(tmp_path, monkeypatch):
     clock[0] += 60
     with pytest.raises(ValueError):
         cache.incr("n")  # expired
+
+
+def test_count_hit_counts_and_restarts(tmp_path, monkeypatch):
+    clock = [1_000_000.0]
+    monkeypatch.setattr("portal.cache.time.time", lambda: clock[0])
+    cache = SQLiteCache(str(tmp_path / "c.sqlite3"), {})
+    assert [cache.count_hit("w", 10) for _ in range(3)] == [1, 2, 3]
+    clock[0] += 9
+    assert cache.count_hit("w", 10) == 4  # the window's own expiry, not pushed back by hits
+    clock[0] += 2
+    assert cache.count_hit("w", 10) == 1 and cache.get("w") == 1  # expired: a new count
+    cache.set("text", "x", 60)
+    assert cache.count_hit("text", 60) == 1 and cache.incr("text") == 2  # a non-integer is replaced
 
 
 @pytest.fixture
