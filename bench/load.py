@@ -63,6 +63,7 @@ class Outcome:
         self.request_ids: list[str] = []
         self.embeddings = 0
         self.seconds = 0.0
+        self.cpu = 0.0  # seconds of CPU the server's processes used during the case
         self.lock = threading.Lock()
 
     def merge(self, other: "Outcome") -> None:
@@ -71,6 +72,7 @@ class Outcome:
         self.request_ids += other.request_ids
         self.embeddings += other.embeddings
         self.seconds += other.seconds
+        self.cpu += other.cpu
 
 
 def client(port: int, make_request, outcome: Outcome, stop: threading.Event, worker: int) -> None:
@@ -189,9 +191,29 @@ def import_kb(port: int, token: str) -> int:
     return created["id"]
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (a gunicorn master and its workers)."""
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [pid] + [p for child in children.split() for p in process_tree(int(child))]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU the processes have used (all their threads); 0 for one that is gone."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
 def worker_pids(master: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    return process_tree(master)[1:]
 
 
 def summarise(name: str, outcome: Outcome) -> dict:
@@ -199,6 +221,7 @@ def summarise(name: str, outcome: Outcome) -> dict:
     ok = outcome.statuses.get(200, 0)
     return {"case": name, "ok": ok, "rps": ok / outcome.seconds, "eps": outcome.embeddings / outcome.seconds,
             "p50": statistics.median(lat), "p95": pct(lat, 0.95), "p99": pct(lat, 0.99),
+            "cpu_ms": outcome.cpu * 1e3 / ok if ok else float("nan"),
             "other": {str(k): v for k, v in outcome.statuses.items() if k != 200}}
 
 
@@ -273,7 +296,10 @@ def main():
                 order.reverse()
             for name in order:
                 server, make = cases[name]
+                pids = process_tree(servers[server][1].pid)
+                before = cpu_seconds(pids)
                 results[name].merge(load(servers[server][0], make, args.clients, args.seconds))
+                results[name].cpu += cpu_seconds(pids) - before
                 print(f"round {round_ + 1} {name}: {summarise(name, results[name])['rps']:.1f} req/s so far",
                       flush=True)
         rows = [summarise(name, results[name]) for name in names]
@@ -323,13 +349,17 @@ def report(rows: list[dict], kill: dict | None, args, notes: list[str]) -> str:
         f"all-MiniLM-L6-v2 on the CPU, {args.clients} concurrent clients, {args.rounds} rounds × "
         f"{args.seconds:.0f} s per case, cases interleaved in rotating order; the portal as shipped "
         f"(`portal/gunicorn.conf.py` defaults), sealed model, audit on; run {dt.date.today().isoformat()} with "
-        f"`.venv/bin/python bench/load.py --seconds {args.seconds:g} --rounds {args.rounds}"
+        f"`.venv/bin/python bench/load.py --seconds {args.seconds:g} --rounds {args.rounds} "
+        f"--clients {args.clients} --kill-seconds {args.kill_seconds:g}"
         f"{''.join(f' --also {spec}' for spec in args.also)}`.",
         "",
-        "| case | requests/s | embeddings/s | p50 ms | p95 ms | p99 ms | not 200 |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| case | requests/s | embeddings/s | p50 ms | p95 ms | p99 ms | server CPU ms / request | not 200 |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
         *[f"| {r['case']} | {r['rps']:.1f} | {r['eps']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | "
-          f"{', '.join(f'{k}: {v}' for k, v in r['other'].items()) or '0'} |" for r in rows],
+          f"{r['cpu_ms']:.2f} | {', '.join(f'{k}: {v}' for k, v in r['other'].items()) or '0'} |" for r in rows],
+        "",
+        "Server CPU: user + system time of the server's processes (all threads) during the case, per answered "
+        "request; the clients' own CPU is not in it.",
         "",
     ]
     search = by.get("portal search (1 query)")
@@ -344,6 +374,9 @@ def report(rows: list[dict], kill: dict | None, args, notes: list[str]) -> str:
                 line += (f"; p95 {search['p95']:.1f} vs {single['p95']:.1f} ms (target ≤: "
                          f"{verdict(search['p95'] <= single['p95'])})")
             lines.append(line)
+            if peer == "fastembed":
+                lines.append(f"- server CPU a request: portal search {search['cpu_ms']:.2f} ms, fastembed ×1 "
+                             f"{single['cpu_ms']:.2f} ms ({search['cpu_ms'] / single['cpu_ms']:.2f}×)")
         batch, ours = by.get(f"{peer} /v1/embeddings ×32"), by.get("portal /v1/embeddings ×32")
         if batch and ours:
             lines.append(f"- portal ×32 / {peer} ×32: {ours['eps'] / batch['eps']:.2f}× embeddings/s")
