@@ -114,6 +114,7 @@ class Completion:
     def __init__(self):
         self.fields: dict = {}
         self.detail: dict | None = None
+        self.started = None  # what audited's ``start`` returned
 
     def report(self, *, detail: dict | None = None, **fields) -> None:
         self.fields, self.detail = fields, detail
@@ -121,28 +122,40 @@ class Completion:
 
 @contextlib.contextmanager
 def audited(scope: Scope, action: str, *, tenant=None, started: float, submitted: bool = True,
-            failure_detail: dict | None = None, **fields):
+            failure_detail: dict | None = None, start=None, **fields):
     """The audit records around running the model, so no search forgets one.
 
-    With ``submitted`` (searches): ``<action>.submitted`` before the block
-    (the model may already be running, started by the caller: no result is
-    taken from it before this record is stored),
+    With ``submitted`` (searches): ``<action>.submitted`` before the block,
     ``<action>.failed`` (outcome failure, the error's class, the latency)
     if it raises, ``<action>.completed`` with what the block reported after.
     Without (embeddings): only ``action`` after, outcome failure or success.
+    ``start()``, called before the submitted record is written, starts the
+    model (``Engine.embed_start``) so that it runs meanwhile; the block gets
+    its value as ``completion.started`` and takes no result from it before
+    that record is stored. A start that fails is recorded as a failure too.
     A submitted record that cannot be written stops the search before any
     result is used (AuditUnavailable)."""
     common = dict(tenant=scope.tenant if tenant is None else tenant, user=scope.user, context=scope.context,
                   **fields)
-    if submitted:
-        record_event(action=f"{action}.submitted", **common)
-    completion = Completion()
-    try:
-        yield completion
-    except Exception as exc:
+
+    def record_failure(exc: Exception) -> None:
         latency = {"latency_ms": (time.perf_counter() - started) * 1e3} if submitted else {}
         record_event(action=f"{action}.failed" if submitted else action, outcome=Outcome.FAILURE, **common,
                      **latency, detail={**(failure_detail or {}), "error": exc.__class__.__name__})
+
+    completion = Completion()
+    if start is not None:
+        try:
+            completion.started = start()
+        except Exception as exc:
+            record_failure(exc)
+            raise
+    if submitted:
+        record_event(action=f"{action}.submitted", **common)
+    try:
+        yield completion
+    except Exception as exc:
+        record_failure(exc)
         raise
     # A search's completion is not waited on to reach the disk: its durable
     # submitted record already proves the search happened (docs/decisions.md).
@@ -699,11 +712,10 @@ def search_kb(*, scope: Scope, kb: KnowledgeBase, query: str, top_k: int) -> Sea
                             f"the portal serves {engine.model_id}")
     # The model runs while the submitted record is written; its result is
     # used only once that record is stored (audited raises before otherwise).
-    pending = engine.embed_start([query], kind="query")
     with audited(scope, "search", tenant=kb.tenant, started=started, query=query, kb_id=kb.pk, kb_name=kb.name,
                  kb_lines=kb_index().count(kb), resource_type="knowledge_base", resource_id=str(kb.pk),
-                 model_id=engine.model_id) as completion:
-        embedded = pending.result()
+                 model_id=engine.model_id, start=lambda: engine.embed_start([query], kind="query")) as completion:
+        embedded = completion.started.result()
         hits, line_count = kb_index().search(kb, embedded.vectors[0], top_k)
         result = _finish(SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, line_count,
                                       embedded.truncated[0]), engine, query, kb)
@@ -723,10 +735,11 @@ def radar_search(*, scope: Scope, documents: list, query: str, top_k: int) -> Se
         record_refusal(scope, "radar.failed", exc, query=query, resource_type="radar")
         raise
     engine = get_engine()
-    pending_docs, pending = engine.embed_start(lines, kind="document"), engine.embed_start([query], kind="query")
     with audited(scope, "radar", started=started, query=query, kb_lines=len(lines), resource_type="radar",
-                 model_id=engine.model_id) as completion:
-        docs, embedded = pending_docs.result(), pending.result()
+                 model_id=engine.model_id,
+                 start=lambda: (engine.embed_start(lines, kind="document"),
+                                engine.embed_start([query], kind="query"))) as completion:
+        docs, embedded = (pending.result() for pending in completion.started)
         order, scores = best_rows(docs.vectors, embedded.vectors[0], top_k)
         hits = [Hit(int(i) + 1, lines[i], float(s), int(i) + 1) for i, s in zip(order, scores)]
         result = _finish(SearchResult(hits, (time.perf_counter() - started) * 1e3, engine.model_id, len(lines),

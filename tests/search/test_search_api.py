@@ -189,3 +189,21 @@ def test_the_model_runs_while_the_submitted_record_is_written_and_no_result_is_t
                                                format="json")
     assert response.status_code == 200
     assert seen == ["model started", "search.submitted", "result taken", "search.completed"]
+
+
+def test_a_model_that_cannot_start_leaves_a_failed_record(faq_kb, people, token_for, monkeypatch):
+    # The model is started before the submitted record is written; an engine
+    # closed at that moment (a worker shutting down) is still recorded.
+    from search.engine import EngineUnavailable, get_engine
+
+    def closed(*args, **kwargs):
+        raise EngineUnavailable("the embedding engine was closed")
+
+    monkeypatch.setattr(get_engine(), "embed_start", closed)
+    response = token_for(people["alice"]).post("/api/v1/search", {"kb": faq_kb.pk, "query": "printer jammed"},
+                                               format="json")
+    assert response.status_code == 503
+    events = list(AuditEvent.objects.filter(request_id=response["X-Request-ID"]))
+    assert [(e.action, e.outcome, e.detail["error"]) for e in events] == \
+        [("search.failed", "failure", "EngineUnavailable")]
+    assert events[0].kb_id == faq_kb.pk and events[0].query == "printer jammed"
