@@ -6,7 +6,6 @@ import hashlib
 import logging
 import secrets
 
-from django.contrib.auth import get_user_model
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
