@@ -8,8 +8,9 @@ class TokenOrUserRateThrottle(SimpleRateThrottle):
     every gunicorn worker through the configured cache (portal.cache).
 
     A fixed window: at most ``num_requests`` in each ``duration`` counted from
-    the epoch, one atomic ``add``/``incr`` a request. (DRF's default keeps and
-    rewrites the time of every request in the window.)"""
+    the epoch, one atomic ``count_hit`` statement a request, so the cache must
+    be ``portal.cache.SQLiteCache`` (settings configure no other). DRF's
+    default keeps and rewrites the time of every request in the window."""
 
     scope = "token_or_user"
 
@@ -33,17 +34,7 @@ class TokenOrUserRateThrottle(SimpleRateThrottle):
         window = int(self.now // self.duration)
         self.window_ends = (window + 1) * self.duration
         key = f"{key}:{window}"
-        if hasattr(self.cache, "count_hit"):  # portal.cache: one statement
-            return self.cache.count_hit(key, self.duration + 1) <= self.num_requests
-        if self.cache.add(key, 1, self.duration + 1):
-            count = 1
-        else:
-            try:
-                count = self.cache.incr(key)
-            except ValueError:  # expired between the two calls: a new window
-                self.cache.set(key, 1, self.duration + 1)
-                count = 1
-        return count <= self.num_requests
+        return self.cache.count_hit(key, self.duration + 1) <= self.num_requests
 
     def wait(self):
         return max(0.0, self.window_ends - self.now)

@@ -130,20 +130,37 @@ _process_append_lock = threading.Lock()
 _append_lock_files: dict[tuple[int, str], int] = {}  # (pid, database): a forked child opens its own
 
 
+def _reset_append_lock_after_fork() -> None:
+    # A fork taken while another thread held the lock would leave the child's
+    # copy locked for ever; the child has only the forking thread.
+    global _process_append_lock
+    _process_append_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_append_lock_after_fork)
+
+
+def _append_lock_file(name: str) -> int:
+    fd = _append_lock_files.get((os.getpid(), name))
+    if fd is None:
+        fd = _append_lock_files[os.getpid(), name] = os.open(name + ".append-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    return fd
+
+
 @contextlib.contextmanager
 def _sqlite_append_lock():
     """Appends to one SQLite file take turns in arrival order: threads of this
     process on a lock, processes on an flock of ``<database>.append-lock``.
     Both wake the next writer the moment the lock is released, where SQLite's
-    own busy handler polls with sleeps of 1 to 100 ms."""
+    own busy handler polls with sleeps of 1 to 100 ms. An in-memory database
+    has one process, so its lock is enough."""
     name = str(connection.settings_dict["NAME"])
+    in_memory = name.startswith(":memory:") or "mode=memory" in name
     with _process_append_lock:
-        fd = _append_lock_files.get((os.getpid(), name))
-        if fd is None and not name.startswith(":memory:") and "mode=memory" not in name:
-            fd = _append_lock_files[os.getpid(), name] = os.open(name + ".append-lock", os.O_RDWR | os.O_CREAT, 0o600)
-        if fd is None:
+        if in_memory:
             yield
             return
+        fd = _append_lock_file(name)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield

@@ -250,6 +250,26 @@ def test_sqlite_appends_of_all_processes_take_turns_on_one_lock_file(tenants):
     assert verify_chain(tenants["acme"].pk).events == 2
 
 
+def test_a_process_forked_while_a_thread_appends_can_append():
+    # A fork copies the append lock as it is; a copy held by a thread the
+    # child does not have would block every append in the child for ever.
+    import multiprocessing
+
+    from audit.ledger import services
+
+    context = multiprocessing.get_context("fork")
+    got_lock = context.Value("b", 0)
+
+    def child():
+        got_lock.value = 1 if services._process_append_lock.acquire(timeout=2) else 0
+
+    with services._process_append_lock:  # as a thread in the middle of an append
+        forked = context.Process(target=child)
+        forked.start()
+        forked.join(30)
+    assert forked.exitcode == 0 and got_lock.value == 1
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_refused_append_outside_any_transaction_leaves_nothing_open(tenants):
     # Outside an atomic block (a request, a command) SQLite appends run their
