@@ -33,6 +33,7 @@ import http.client
 import json
 import os
 import secrets
+import shlex
 import signal
 import statistics
 import subprocess
@@ -225,6 +226,29 @@ def summarise(name: str, outcome: Outcome) -> dict:
             "other": {str(k): v for k, v in outcome.statuses.items() if k != 200}}
 
 
+def variant_environment(spec: str) -> dict[str, str]:
+    """``--also``: ``WxT:N`` (workers, threads, torch threads) or ``NAME=VALUE,…``."""
+    if "=" in spec:
+        pairs = [item.split("=", 1) for item in spec.split(",")]
+        if any(len(pair) != 2 or not pair[0] for pair in pairs):
+            raise SystemExit(f"--also {spec}: expected NAME=VALUE pairs separated by commas")
+        return dict(pairs)
+    try:
+        shape, torch_threads = spec.split(":")
+        workers, threads = shape.split("x")
+    except ValueError:
+        raise SystemExit(f"--also {spec}: expected WxT:N (e.g. 2x8:1) or NAME=VALUE,…") from None
+    return {"PORTAL_WORKERS": workers, "PORTAL_THREADS": threads, "EMBED_TORCH_THREADS": torch_threads}
+
+
+def variant_label(spec: str) -> str:
+    environment = variant_environment(spec)
+    if "=" in spec:
+        return ", ".join(f"{name}={value}" for name, value in environment.items())
+    return (f"{environment['PORTAL_WORKERS']} worker(s) × {environment['PORTAL_THREADS']} threads, "
+            f"{environment['EMBED_TORCH_THREADS']} torch threads")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per case per round")
@@ -232,8 +256,9 @@ def main():
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--kill-seconds", type=float, default=30.0, help="length of the kill run (0: none)")
     parser.add_argument("--no-peers", action="store_true", help="the portal alone (no peer is installed)")
-    parser.add_argument("--also", action="append", default=[], metavar="WxT:N",
-                        help="also a portal with W workers × T threads and N torch threads (e.g. 1x16:2), "
+    parser.add_argument("--also", action="append", default=[], metavar="WxT:N|NAME=VALUE,…",
+                        help="also a portal with W workers × T threads and N torch threads (e.g. 1x16:2), or "
+                             "with these environment variables (e.g. GUNICORN_CMD_ARGS=--worker-class=sync), "
                              "searched in the same run (for docs/decisions.md)")
     args = parser.parse_args()
 
@@ -255,18 +280,14 @@ def main():
         kb_id = import_kb(port, token)
         extra = {}
         for spec in args.also:
-            shape, torch_threads = spec.split(":")
-            workers, threads = shape.split("x")
             extra_port = free_port()
             proc = subprocess.Popen(
                 [str(ROOT / ".venv/bin/gunicorn"), "-c", str(ROOT / "portal/gunicorn.conf.py"), "portal.wsgi"],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env=dict(env, PORTAL_BIND=f"127.0.0.1:{extra_port}", PORTAL_WORKERS=workers, PORTAL_THREADS=threads,
-                         EMBED_TORCH_THREADS=torch_threads))
+                env=dict(env, PORTAL_BIND=f"127.0.0.1:{extra_port}", **variant_environment(spec)))
             wait_ready(f"http://127.0.0.1:{extra_port}/readyz", 300, proc, log=work / "gunicorn.log")
             servers[f"portal {spec}"] = (extra_port, proc)
-            extra[f"portal {workers} worker(s) × {threads} threads, {torch_threads} torch threads: search"] = (
-                f"portal {spec}", search_request(token, kb_id))
+            extra[f"portal {variant_label(spec)}: search"] = (f"portal {spec}", search_request(token, kb_id))
         if not args.no_peers:
             for name, start in (("infinity", peers.start_infinity), ("fastembed", peers.start_fastembed)):
                 try:
@@ -351,7 +372,7 @@ def report(rows: list[dict], kill: dict | None, args, notes: list[str]) -> str:
         f"(`portal/gunicorn.conf.py` defaults), sealed model, audit on; run {dt.date.today().isoformat()} with "
         f"`.venv/bin/python bench/load.py --seconds {args.seconds:g} --rounds {args.rounds} "
         f"--clients {args.clients} --kill-seconds {args.kill_seconds:g}"
-        f"{''.join(f' --also {spec}' for spec in args.also)}`.",
+        f"{''.join(f' --also {shlex.quote(spec)}' for spec in args.also)}`.",
         "",
         "| case | requests/s | embeddings/s | p50 ms | p95 ms | p99 ms | server CPU ms / request | not 200 |",
         "|---|---:|---:|---:|---:|---:|---:|---|",

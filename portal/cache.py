@@ -4,7 +4,7 @@ host: the API throttles count in it.
 Django's file-based cache lists its whole folder on every write and DRF's
 default throttle pickles a list of every recent request's time, which cost a
 millisecond a request; here a read or a write is one statement, and ``add``
-and ``incr`` are atomic across processes, so a fixed-window counter never
+``incr`` and ``count_hit`` are atomic across processes, so a fixed-window counter never
 loses a hit to a race between workers. Integers are stored as SQL integers
 (for ``incr``); other values are pickled, as in Django's own backends. The
 file is created mode 0600: only the portal's account reads it. Nothing here
