@@ -19,7 +19,7 @@ from keystore.bundle import open_bundle
 from search import onnx_export
 from search.engine import Engine, EngineError, EngineUnavailable, engine_status, get_engine, open_engine, set_engine
 from search.engine import embedding as engine_embedding
-from search.engine.onnx_backend import ONNX_FILE, choose_backend
+from search.engine.onnx_backend import DISABLED_OPTIMIZERS_ENTRY, ONNX_FILE, choose_backend
 from search.legacy import seal_model_folder
 from search.onnx_export import ONNX_WEIGHTS_LIMIT, export_onnx, float32_weights_size
 from search.sealing import seal_folder
@@ -183,6 +183,29 @@ def test_the_session_runs_on_torchs_thread_count_one_layer_at_a_time(sealed_mini
         assert engine.onnx._run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
     finally:
         engine.close()
+
+
+def test_the_session_runs_no_skip_layer_normalization(sealed_minilm_onnx, model_key, minilm_onnx_engine, tmp_path):
+    # DISABLED_OPTIMIZERS: ONNX Runtime's fused Add + LayerNormalization kernel
+    # was the slower one here (bench/onnx_graphs.py). A session built with the
+    # engine's own options, profiled, runs the plain operators instead.
+    import onnxruntime
+
+    options = minilm_onnx_engine.onnx.session.get_session_options()
+    assert options.get_session_config_entry(DISABLED_OPTIMIZERS_ENTRY) == "SkipLayerNormFusion"
+    bundle = open_bundle(sealed_minilm_onnx, model_key)
+    ran = {}
+    for name, session_options in (("engine's", options), ("every fusion", onnxruntime.SessionOptions())):
+        session_options.enable_profiling = True
+        session_options.profile_file_prefix = str(tmp_path / name.replace(" ", "-").replace("'", ""))
+        session = onnxruntime.InferenceSession(bytes(bundle.files[ONNX_FILE]), session_options,
+                                               providers=["CPUExecutionProvider"])
+        session.run(None, {"input_ids": np.full((1, 8), 2000, np.int64), "attention_mask": np.ones((1, 8), np.int64)})
+        events = json.loads(Path(session.end_profiling()).read_text())
+        ran[name] = {e["args"].get("op_name") for e in events if e.get("cat") == "Node"}
+    bundle.wipe()
+    assert "SkipLayerNormalization" in ran["every fusion"]  # the rewrite exists: the check can fail
+    assert "SkipLayerNormalization" not in ran["engine's"] and "LayerNormalization" in ran["engine's"]
 
 
 def test_torch_chosen_for_a_bundle_with_a_graph_discards_the_graph(sealed_minilm_onnx, model_key, minilm_onnx_engine):
