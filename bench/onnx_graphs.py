@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.backends import FAQ_LINES, load_average  # noqa: E402
+from bench.backends import FAQ_LINES  # noqa: E402
 from bench.search_latency import MODEL_ID, pct  # noqa: E402
 
 SHAPES = ((1, 8), (1, 16), (1, 32), (4, 16), (8, 16), (32, 24))
