@@ -101,7 +101,7 @@ def main():
     text = "\n".join([
         "## torch against ONNX Runtime (`bench/backends.py`)",
         "",
-        f"all-MiniLM-L6-v2, one bundle sealed as `model_seal` seals it (ONNX graph {header['onnx'].split(':')[0]}), "
+        f"all-MiniLM-L6-v2, one bundle sealed as `model_seal` seals it, ONNX graph {header['onnx'].split(':')[0]}, "
         f"opened twice in one process on the CPU: torch {torch.__version__} on {torch.get_num_threads()} intra-op "
         f"thread(s), ONNX Runtime {onnxruntime.__version__} on {onnx_threads}; both through `Engine.embed`. Each case "
         f"in turn, the backends alternating call by call in rotating order after {WARM_UP} warm-up calls: "
