@@ -258,7 +258,8 @@ def main():
     parser.add_argument("--no-peers", action="store_true", help="the portal alone (no peer is installed)")
     parser.add_argument("--also", action="append", default=[], metavar="WxT:N|NAME=VALUE,…",
                         help="also a portal with W workers × T threads and N torch threads (e.g. 1x16:2), or "
-                             "with these environment variables (e.g. GUNICORN_CMD_ARGS=--worker-class=sync), "
+                             "with these environment variables (e.g. GUNICORN_CMD_ARGS=--worker-class=sync,PORTAL_THREADS=1: "
+                             "gunicorn runs gthread whenever threads > 1), "
                              "searched in the same run (for docs/decisions.md)")
     args = parser.parse_args()
 
@@ -284,7 +285,7 @@ def main():
             proc = subprocess.Popen(
                 [str(ROOT / ".venv/bin/gunicorn"), "-c", str(ROOT / "portal/gunicorn.conf.py"), "portal.wsgi"],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env=dict(env, PORTAL_BIND=f"127.0.0.1:{extra_port}", **variant_environment(spec)))
+                env={**env, **variant_environment(spec), "PORTAL_BIND": f"127.0.0.1:{extra_port}"})
             wait_ready(f"http://127.0.0.1:{extra_port}/readyz", 300, proc, log=work / "gunicorn.log")
             servers[f"portal {spec}"] = (extra_port, proc)
             extra[f"portal {variant_label(spec)}: search"] = (f"portal {spec}", search_request(token, kb_id))

@@ -1,4 +1,4 @@
-"""Three ONNX graphs of the same encoder on the CPU: the forward pass alone, in one process.
+"""ONNX graphs of the same encoder on the CPU: the forward pass alone, in one process.
 
 all-MiniLM-L6-v2 as four ONNX Runtime sessions, each built from bytes the way
 the engine builds its own (``OnnxEncoder.open``: 1 intra-op thread, 1 inter-op
@@ -9,7 +9,8 @@ CPUExecutionProvider, the same run options):
     the bundle opened in memory (no plaintext graph on disk);
   - "sealed, every ORT fusion": the same graph with nothing disabled (ONNX
     Runtime's SkipLayerNormalization fusion included);
-  - "peer export": the graph the fastembed peer runs (``bench.peers.export_onnx``);
+  - "peer export": the graph the fastembed peer runs (``bench.peers.export_onnx``;
+    a plaintext export of the public model, cached under bench/out/onnx);
   - "sealed + BERT fusions": the sealed graph through ONNX Runtime's transformer
     optimizer (``model_type="bert"``, Python fusions only, in memory).
 
@@ -141,7 +142,7 @@ def main():
     text = "\n".join([
         "## ONNX graphs on the CPU (`bench/onnx_graphs.py`)",
         "",
-        f"all-MiniLM-L6-v2's forward pass alone, ONNX Runtime {onnxruntime.__version__}, four sessions built as "
+        f"all-MiniLM-L6-v2's forward pass alone, ONNX Runtime {onnxruntime.__version__}, {len(encoders)} sessions built as "
         f"`OnnxEncoder.open` builds the engine's (1 intra-op thread, 1 inter-op, sequential, ORT_ENABLE_ALL without "
         f"{', '.join(DISABLED_OPTIMIZERS)}, CPU). "
         f"Graphs: sealed (as `model_seal` seals it: {header['onnx'].split(':')[0]}; inputs "

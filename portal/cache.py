@@ -3,9 +3,9 @@ host: the API throttles count in it.
 
 Django's file-based cache lists its whole folder on every write and DRF's
 default throttle pickles a list of every recent request's time, which cost a
-millisecond a request; here a read or a write is one statement, and ``add``
-``incr`` and ``count_hit`` are atomic across processes, so a fixed-window counter never
-loses a hit to a race between workers. Integers are stored as SQL integers
+millisecond a request; here a read or a write is one statement, and ``add``,
+``incr`` and ``count_hit`` are atomic across processes, so a fixed-window
+counter never loses a hit to a race between workers. Integers are stored as SQL integers
 (for ``incr``); other values are pickled, as in Django's own backends. The
 file is created mode 0600: only the portal's account reads it. Nothing here
 needs to survive a power cut, so commits are not synced to disk.

@@ -127,23 +127,28 @@ def _append(values: dict, key: bytes) -> None:
 
 
 _process_append_lock = threading.Lock()
-_append_lock_files: dict[tuple[int, str], int] = {}  # (pid, database): a forked child opens its own
+_append_lock_files: dict[str, int] = {}  # database: this process's descriptor of its lock file
 
 
 def _reset_append_lock_after_fork() -> None:
     # A fork taken while another thread held the lock would leave the child's
-    # copy locked for ever; the child has only the forking thread.
+    # copy locked for ever (the child has only the forking thread). The
+    # inherited descriptors share the parent's flock: the child opens its own.
+    # Closing a copy does not release the parent's lock.
     global _process_append_lock
     _process_append_lock = threading.Lock()
+    for fd in _append_lock_files.values():
+        os.close(fd)
+    _append_lock_files.clear()
 
 
 os.register_at_fork(after_in_child=_reset_append_lock_after_fork)
 
 
 def _append_lock_file(name: str) -> int:
-    fd = _append_lock_files.get((os.getpid(), name))
+    fd = _append_lock_files.get(name)
     if fd is None:
-        fd = _append_lock_files[os.getpid(), name] = os.open(name + ".append-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _append_lock_files[name] = os.open(name + ".append-lock", os.O_RDWR | os.O_CREAT, 0o600)
     return fd
 
 

@@ -68,9 +68,10 @@ def choose_backend(setting: str, device: torch.device, files: Mapping[str, memor
 
 
 # Graph rewrites ONNX Runtime is told to skip. Its SkipLayerNormalization
-# kernel (Add + LayerNormalization fused) made the encoder's forward pass 3–7 %
-# slower on this project's CPUs than the two plain operators it replaces, and
-# no other fusion changed the time (bench/onnx_graphs.py measures both).
+# kernel (Add + LayerNormalization fused) made the encoder's forward pass on
+# batches 6–8 % slower on this project's CPU than the two plain operators it
+# replaces (about even for one short query); no other fusion changed the time
+# (bench/onnx_graphs.py measures both).
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 DISABLED_OPTIMIZERS_ENTRY = "optimization.disable_specified_optimizers"  # a session option, readable back
 

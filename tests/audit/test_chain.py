@@ -250,7 +250,9 @@ def test_sqlite_appends_of_all_processes_take_turns_on_one_lock_file(tenants):
     assert verify_chain(tenants["acme"].pk).events == 2
 
 
-def test_a_process_forked_while_a_thread_appends_can_append():
+@pytest.mark.sqlite_only
+@pytest.mark.django_db
+def test_a_process_forked_while_another_thread_appends_can_append():
     # A fork copies the append lock as it is; a copy held by a thread the
     # child does not have would block every append in the child for ever.
     import multiprocessing
@@ -258,16 +260,33 @@ def test_a_process_forked_while_a_thread_appends_can_append():
     from audit.ledger import services
 
     context = multiprocessing.get_context("fork")
-    got_lock = context.Value("b", 0)
+    took_turn = context.Value("b", 0)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():  # another thread, in the middle of an append
+        with services._process_append_lock:
+            held.set()
+            release.wait(30)
 
     def child():
-        got_lock.value = 1 if services._process_append_lock.acquire(timeout=2) else 0
+        with services._sqlite_append_lock():
+            took_turn.value = 1
 
-    with services._process_append_lock:  # as a thread in the middle of an append
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
         forked = context.Process(target=child)
         forked.start()
-        forked.join(30)
-    assert forked.exitcode == 0 and got_lock.value == 1
+        forked.join(10)
+        stuck = forked.is_alive()
+        if stuck:
+            forked.kill()
+            forked.join()
+    finally:
+        release.set()
+        holder.join(30)
+    assert not stuck and forked.exitcode == 0 and took_turn.value == 1
 
 
 @pytest.mark.django_db(transaction=True)
