@@ -18,5 +18,5 @@ SEARCHES = Counter(
     "portal_searches", "Searches per kind (kb, radar) and outcome "
     "(completed, failed, rejected, refused_audit, unavailable, model_mismatch)", ["kind", "outcome"])
 MODEL_INFO = Gauge(
-    "portal_model_info", "The embedding model a worker serves (1) by model id and device",
-    ["model_id", "device"], multiprocess_mode="livemax")
+    "portal_model_info", "The embedding model a worker serves (1) by model id, device and backend (torch, onnx)",
+    ["model_id", "device", "backend"], multiprocess_mode="livemax")

@@ -37,11 +37,11 @@ def set_engine(engine: Engine | None) -> Engine | None:
 
 
 def _served_model_metric(previous: Engine | None, engine: Engine | None) -> None:
-    """portal_model_info{model_id, device} is 1 for the model this process serves."""
+    """portal_model_info{model_id, device, backend} is 1 for the model this process serves."""
     if previous is not None and previous is not engine:
-        MODEL_INFO.labels(previous.model_id, str(previous.device)).set(0)
+        MODEL_INFO.labels(previous.model_id, str(previous.device), previous.backend).set(0)
     if engine is not None:
-        MODEL_INFO.labels(engine.model_id, str(engine.device)).set(1)
+        MODEL_INFO.labels(engine.model_id, str(engine.device), engine.backend).set(1)
 
 
 def open_engine(

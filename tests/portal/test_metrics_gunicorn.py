@@ -47,6 +47,7 @@ def test_two_workers_metrics_add_up_and_logs_are_json_lines(production_server, t
     models = [s for f in text_string_to_metric_families(body.decode()) for s in f.samples
               if s.name == "portal_model_info" and s.value == 1]
     assert len(models) == 1 and models[0].labels["model_id"].endswith("all-MiniLM-L6-v2")
+    assert models[0].labels["backend"] == "torch"  # sealed_minilm carries no ONNX graph
     # Plain HTTP to anything but the probes is sent to HTTPS in production.
     connection = http.client.HTTPConnection(live.base.removeprefix("http://"), timeout=30)
     connection.request("GET", "/accounts/login/")

@@ -5,6 +5,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from keystore.keys import get_keyring
+from search.engine import get_engine
 from tests.search.portal_fixtures import faq_kb, people, served, token_for  # noqa: F401
 
 QUERY = "how do I reset my forgotten zebracorn password"
@@ -47,6 +48,7 @@ def test_metrics_from_loopback_in_prometheus_format_without_query_text(faq_kb, p
     assert "portal_audit_append_failures" in found
     model = [s for s in samples(found, "portal_model_info") if s.value == 1]
     assert [s.labels["model_id"] for s in model] == [faq_kb.model_id]
+    assert [s.labels["backend"] for s in model] == [get_engine().backend]  # which runtime runs the forward pass
 
     text = metrics.content.decode()
     assert QUERY not in text and "zebracorn" not in text
