@@ -5,6 +5,7 @@ import re
 
 from django.conf import settings
 from django.core import checks
+from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 
 from keystore.keys import get_keyring
@@ -32,6 +33,9 @@ def check_product_settings(app_configs=None, **kwargs):
         errors.append(checks.Error("EMBED_DEVICE must be auto, cpu, cuda or cuda:N", id="portal.E004"))
     if settings.AUDIT_RETENTION_DAYS < 1:
         errors.append(checks.Error("AUDIT_RETENTION_DAYS must be at least 1", id="portal.E005"))
+    if not hasattr(caches["default"], "count_hit"):  # search.throttles counts every API request with it
+        errors.append(checks.Error("CACHES['default'] must be portal.cache.SQLiteCache: the API throttle counts "
+                                   "requests with its count_hit", id="portal.E007"))
     return errors
 
 

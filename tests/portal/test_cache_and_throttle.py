@@ -87,3 +87,11 @@ def test_api_throttle_per_token(three_a_minute, tenants, make_user, make_token, 
 def test_api_throttle_per_user_for_sessions(three_a_minute, tenants, make_user, login):
     client = login(make_user("gus", tenants["acme"], "searcher"))
     assert [client.get("/api/v1/me").status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_a_cache_the_throttle_cannot_count_with_stops_startup(settings):
+    from portal.checks import check_product_settings
+
+    assert "portal.E007" not in [e.id for e in check_product_settings()]
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    assert "portal.E007" in [e.id for e in check_product_settings()]
