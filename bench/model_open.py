@@ -32,11 +32,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.common import DEMO_KB  # noqa: E402  (the demo FAQ shipped in the repository)
 
 OPEN_CASES = ("sealed", "plaintext", "naive")
 EMBED_CASES = ("engine", "sentence-transformers")
 BATCH = 32
-FAQ = Path("/work/shared/data/faq-kb.txt")
 
 
 def model_folder() -> Path:
@@ -46,9 +46,7 @@ def model_folder() -> Path:
 
 
 def faq_texts() -> list[str]:
-    if FAQ.exists():
-        return FAQ.read_text(encoding="utf-8").splitlines()
-    return [f"sample sentence number {i} about passwords, printers and VPN tokens" for i in range(60)]
+    return DEMO_KB.read_text(encoding="utf-8").splitlines()
 
 
 # --- children ----------------------------------------------------------------------
