@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import subprocess
 import time
@@ -91,3 +92,24 @@ def create_demo_data(*, role: str = "curator", kb: bool = True) -> DemoData:
         documents_import(scope=Scope(tenant=tenant, user=user), kb=base, entries=entries)
     _, token = token_create(user=user, tenant=tenant, days=1)
     return DemoData(tenant, user, base, entries, token)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (a gunicorn master and its workers)."""
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [pid] + [p for child in children.split() for p in process_tree(int(child))]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU the processes have used (all their threads); 0 for one that is gone."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICKS

@@ -51,7 +51,7 @@ QUERIES = [json.loads(line)["query"] for line in
 KB_LINES = [line for line in (ROOT / "search" / "demo_data" / "faq-kb.txt").read_text().splitlines() if line.strip()]
 
 from bench import peers  # noqa: E402
-from bench.common import create_demo_data, free_port, wait_ready  # noqa: E402
+from bench.common import cpu_seconds, create_demo_data, free_port, process_tree, wait_ready  # noqa: E402
 from bench.search_latency import pct  # noqa: E402
 
 
@@ -190,27 +190,6 @@ def import_kb(port: int, token: str) -> int:
     if response.status != 201:
         raise SystemExit(f"adding the documents failed: {response.status} {text[:300]!r}")
     return created["id"]
-
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (a gunicorn master and its workers)."""
-    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [pid] + [p for child in children.split() for p in process_tree(int(child))]
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU the processes have used (all their threads); 0 for one that is gone."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / _TICKS
 
 
 def worker_pids(master: int) -> list[int]:

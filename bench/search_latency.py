@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench import common  # noqa: E402
-from bench.common import create_demo_data, free_port  # noqa: E402
+from bench.common import cpu_seconds, create_demo_data, free_port, process_tree  # noqa: E402
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 QUERIES = [json.loads(line)["query"] for line in
@@ -110,15 +110,22 @@ def main():
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         names = ["a", "b", "c", *floors]
         timings = {name: [] for name in names}
+        pids = {name: process_tree(proc.pid) for name, proc in servers.items()}
+        cpu = {"a": 0.0}  # seconds of CPU, after the warm-up: (a) this process's, the others their server's
         for i in range(args.requests + 20):
+            if i == 20:
+                cpu.update({name: -cpu_seconds(p) for name, p in pids.items()})
             query = QUERIES[i % len(QUERIES)]
             body = json.dumps({"kb": kb.pk, "query": query, "top_k": 5})
             order = names[i % len(names):] + names[:i % len(names)]
             for name in (order if i % 2 else order[::-1]):
                 t0 = time.perf_counter()
                 if name == "a":
+                    c0 = time.process_time()  # every thread of this process: the batcher runs the model
                     engine.embed([query], kind="query")
                     elapsed = (time.perf_counter() - t0) * 1e3
+                    if i >= 20:
+                        cpu["a"] += time.process_time() - c0
                 else:
                     conns[name].request("POST", floor_path.get(name, "/api/v1/search"), body, headers)
                     response = conns[name].getresponse()
@@ -128,6 +135,7 @@ def main():
                         raise SystemExit(f"server {name}: {response.status} {payload[:200]!r}")
                 if i >= 20:  # warm-up excluded
                     timings[name].append(elapsed)
+        cpu.update({name: cpu[name] + cpu_seconds(p) for name, p in pids.items()})
     finally:
         for proc in servers.values():
             proc.terminate()
@@ -162,6 +170,7 @@ def main():
     c50, c95 = statistics.median(timings["c"]), pct(timings["c"], 0.95)
     floor = {name: (statistics.median(timings[name]), pct(timings[name], 0.95)) for name in floors}
     d50 = statistics.median(naive)
+    cpu_ms = {name: seconds * 1e3 / args.requests for name, seconds in cpu.items()}
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     text = "\n".join([
         "## Search latency (`bench/search_latency.py`)",
@@ -170,15 +179,20 @@ def main():
         f"case, (a)/(b)/(c) and the floors interleaved in rotating order; gunicorn 1 worker × 1 thread each; run {dt.date.today().isoformat()} with "
         f"`.venv/bin/python bench/search_latency.py --requests {args.requests}`.",
         "",
-        "| case | p50 ms | p95 ms |",
-        "|---|---:|---:|",
-        f"| (a) engine embeds one query (floor) | {a50:.2f} | {a95:.2f} |",
-        f"| (b) API search via gunicorn, sealed model, audit on | {b50:.2f} | {b95:.2f} |",
-        f"| (c) API search via gunicorn, same model and backend, audit off | {c50:.2f} | {c95:.2f} |",
-        f"| (d) naive: embed 1,000 lines on every query | {d50:.0f} | {max(naive):.0f} |",
-        f"| floor: bare WSGI JSON POST through gunicorn | {floor['wsgi'][0]:.2f} | {floor['wsgi'][1]:.2f} |",
-        f"| floor: minimal Django view | {floor['django'][0]:.2f} | {floor['django'][1]:.2f} |",
-        f"| floor: minimal DRF view | {floor['drf'][0]:.2f} | {floor['drf'][1]:.2f} |",
+        "| case | p50 ms | p95 ms | CPU ms / request |",
+        "|---|---:|---:|---:|",
+        f"| (a) engine embeds one query (floor) | {a50:.2f} | {a95:.2f} | {cpu_ms['a']:.2f} |",
+        f"| (b) API search via gunicorn, sealed model, audit on | {b50:.2f} | {b95:.2f} | {cpu_ms['b']:.2f} |",
+        f"| (c) API search via gunicorn, same model and backend, audit off | {c50:.2f} | {c95:.2f} | "
+        f"{cpu_ms['c']:.2f} |",
+        f"| (d) naive: embed 1,000 lines on every query | {d50:.0f} | {max(naive):.0f} | |",
+        f"| floor: bare WSGI JSON POST through gunicorn | {floor['wsgi'][0]:.2f} | {floor['wsgi'][1]:.2f} | "
+        f"{cpu_ms['wsgi']:.2f} |",
+        f"| floor: minimal Django view | {floor['django'][0]:.2f} | {floor['django'][1]:.2f} | {cpu_ms['django']:.2f} |",
+        f"| floor: minimal DRF view | {floor['drf'][0]:.2f} | {floor['drf'][1]:.2f} | {cpu_ms['drf']:.2f} |",
+        "",
+        "CPU ms / request: (a) this process's CPU (all threads) during the call; the others, user + system CPU "
+        "of the server's processes over the measured requests, per request (the client's CPU is not in it).",
         "",
         f"- (b)/(c) p50 = {b50 / c50:.3f} (target ≤ 1.05: {verdict(b50 / c50 <= 1.05)}); "
         f"(b) − (c) p50 = {b50 - c50:.2f} ms (target ≤ 0.5 ms: {verdict(b50 - c50 <= 0.5)})",
@@ -188,6 +202,9 @@ def main():
         f"{floor['drf'][0] - floor['django'][0]:.2f} ms = {floor['drf'][0]:.2f} ms; the portal's own "
         f"work (authentication, scope, throttle, audit, index, response) is the remaining "
         f"{b50 - a50 - floor['drf'][0]:.2f} ms.",
+        f"- CPU a request, which bounds requests/s when the cores are busy: (b) − (a) = "
+        f"{cpu_ms['b'] - cpu_ms['a']:.2f} ms, of it the minimal DRF view's {cpu_ms['drf']:.2f} ms (bare WSGI "
+        f"through gunicorn {cpu_ms['wsgi']:.2f}); the audit's (b) − (c) = {cpu_ms['b'] - cpu_ms['c']:.2f} ms.",
         f"- (d)/(b) p50 = {d50 / b50:.0f}× (target ≥ 100×: {verdict(d50 / b50 >= 100)})",
         "",
         "| index-only top-5 | p50 ms | p95 ms |",
