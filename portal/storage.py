@@ -27,7 +27,19 @@ _PROBE_TABLE = "portal_write_probe"
 
 @contextlib.contextmanager
 def short_busy_timeout(milliseconds: int):
-    """Wait at most ``milliseconds`` for SQLite's write lock inside the block."""
+    """Wait at most ``milliseconds`` for a lock inside the block: SQLite's
+    write lock (busy_timeout), or PostgreSQL's row and table locks
+    (lock_timeout; a statement that waits longer fails)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = {int(milliseconds)}")
+        try:
+            yield
+        finally:
+            if connection.connection is not None:  # not closed by an error inside the block
+                with connection.cursor() as cursor:
+                    cursor.execute("RESET lock_timeout")
+        return
     if connection.vendor != "sqlite":
         yield
         return

@@ -150,3 +150,46 @@ def test_the_page_that_shows_a_new_token_is_never_cached(client, alice):
     assert response.context["new_token"] in response.content.decode()
     directives = {part.strip() for part in response["Cache-Control"].split(",")}
     assert {"no-store", "private"} <= directives
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_token_row_held_locked_does_not_hold_up_its_request(alice, tenants, make_token):
+    # Marking the token used is bookkeeping: on PostgreSQL it waits at most
+    # LAST_USED_BUSY_TIMEOUT_MS for the row's lock, then gives way.
+    import threading
+    import time
+
+    from django.db import connections, transaction
+
+    from portal.services import token_authenticate
+
+    row, text = make_token(alice, tenants["acme"])
+    ApiToken.objects.filter(pk=row.pk).update(last_used_at=None)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold():  # another transaction holds the token's row
+        try:
+            with transaction.atomic():
+                ApiToken.objects.select_for_update().get(pk=row.pk)
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        started = time.monotonic()
+        token, why = token_authenticate(text)
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join(30)
+    assert token is not None and token.pk == row.pk and why == ""
+    assert elapsed < 5, f"waited {elapsed:.1f} s for the row lock"
+    assert ApiToken.objects.get(pk=row.pk).last_used_at is None  # the bookkeeping gave way
+    with connection.cursor() as cursor:  # and the connection's own setting is back
+        cursor.execute("SHOW lock_timeout")
+        assert cursor.fetchone()[0] == "0"
