@@ -205,27 +205,21 @@ def summarise(name: str, outcome: Outcome) -> dict:
             "other": {str(k): v for k, v in outcome.statuses.items() if k != 200}}
 
 
-def variant_environment(spec: str) -> dict[str, str]:
-    """``--also``: ``WxT:N`` (workers, threads, torch threads) or ``NAME=VALUE,…``."""
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    """``--also``: ``WxT:N`` (workers, threads, torch threads) or ``NAME=VALUE,…``,
+    as (label for the report, environment of the portal)."""
     if "=" in spec:
         pairs = [item.split("=", 1) for item in spec.split(",")]
         if any(len(pair) != 2 or not pair[0] for pair in pairs):
             raise SystemExit(f"--also {spec}: expected NAME=VALUE pairs separated by commas")
-        return dict(pairs)
+        return ", ".join(f"{name}={value}" for name, value in pairs), dict(pairs)
     try:
         shape, torch_threads = spec.split(":")
         workers, threads = shape.split("x")
     except ValueError:
         raise SystemExit(f"--also {spec}: expected WxT:N (e.g. 2x8:1) or NAME=VALUE,…") from None
-    return {"PORTAL_WORKERS": workers, "PORTAL_THREADS": threads, "EMBED_TORCH_THREADS": torch_threads}
-
-
-def variant_label(spec: str) -> str:
-    environment = variant_environment(spec)
-    if "=" in spec:
-        return ", ".join(f"{name}={value}" for name, value in environment.items())
-    return (f"{environment['PORTAL_WORKERS']} worker(s) × {environment['PORTAL_THREADS']} threads, "
-            f"{environment['EMBED_TORCH_THREADS']} torch threads")
+    return (f"{workers} worker(s) × {threads} threads, {torch_threads} torch threads",
+            {"PORTAL_WORKERS": workers, "PORTAL_THREADS": threads, "EMBED_TORCH_THREADS": torch_threads})
 
 
 def main():
@@ -241,6 +235,7 @@ def main():
                              "gunicorn runs gthread whenever threads > 1), "
                              "searched in the same run (for docs/decisions.md)")
     args = parser.parse_args()
+    variants = [(spec, *parse_variant(spec)) for spec in args.also]  # a malformed one stops here
 
     work = Path(tempfile.mkdtemp(prefix="bench-load-"))
     env, token = set_up_portal(work)
@@ -259,15 +254,15 @@ def main():
         wait_ready(f"http://127.0.0.1:{port}/readyz", 300, portal, log=work / "gunicorn.log")
         kb_id = import_kb(port, token)
         extra = {}
-        for spec in args.also:
+        for spec, label, variant_env in variants:
             extra_port = free_port()
             proc = subprocess.Popen(
                 [str(ROOT / ".venv/bin/gunicorn"), "-c", str(ROOT / "portal/gunicorn.conf.py"), "portal.wsgi"],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env={**env, **variant_environment(spec), "PORTAL_BIND": f"127.0.0.1:{extra_port}"})
+                env={**env, **variant_env, "PORTAL_BIND": f"127.0.0.1:{extra_port}"})
             wait_ready(f"http://127.0.0.1:{extra_port}/readyz", 300, proc, log=work / "gunicorn.log")
             servers[f"portal {spec}"] = (extra_port, proc)
-            extra[f"portal {variant_label(spec)}: search"] = (f"portal {spec}", search_request(token, kb_id))
+            extra[f"portal {label}: search"] = (f"portal {spec}", search_request(token, kb_id))
         if not args.no_peers:
             for name, start in (("infinity", peers.start_infinity), ("fastembed", peers.start_fastembed)):
                 try:

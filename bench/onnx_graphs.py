@@ -64,8 +64,12 @@ def fused_graph(graph: bytes):
 
 
 def pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    v = (hidden * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    """Mean pooling and normalisation as the engine does them on ONNX outputs."""
+    import torch
+    from search.engine.model import pool
+
+    vectors = pool(torch.from_numpy(hidden), torch.from_numpy(mask), "mean").float()
+    return torch.nn.functional.normalize(vectors, dim=-1).numpy()
 
 
 def main():

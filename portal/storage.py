@@ -31,26 +31,22 @@ def short_busy_timeout(milliseconds: int):
     write lock (busy_timeout), or PostgreSQL's row and table locks
     (lock_timeout; a statement that waits longer fails)."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(f"SET lock_timeout = {int(milliseconds)}")
-        try:
-            yield
-        finally:
-            if connection.connection is not None:  # not closed by an error inside the block
-                with connection.cursor() as cursor:
-                    cursor.execute("RESET lock_timeout")
-        return
-    if connection.vendor != "sqlite":
+        set_sql, reset_sql = f"SET lock_timeout = {int(milliseconds)}", "RESET lock_timeout"
+    elif connection.vendor == "sqlite":
+        set_sql = f"PRAGMA busy_timeout = {int(milliseconds)}"
+        reset_sql = f"PRAGMA busy_timeout = {int(settings.DB_BUSY_TIMEOUT_MS)}"
+    else:
         yield
         return
-    connection.ensure_connection()
     with connection.cursor() as cursor:
-        cursor.execute(f"PRAGMA busy_timeout = {int(milliseconds)}")
+        cursor.execute(set_sql)
     try:
         yield
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"PRAGMA busy_timeout = {int(settings.DB_BUSY_TIMEOUT_MS)}")
+        # A connection closed by an error inside the block reopens with the defaults.
+        if connection.connection is not None:
+            with connection.cursor() as cursor:
+                cursor.execute(reset_sql)
 
 
 def is_storage_fault(exc: BaseException) -> bool:
