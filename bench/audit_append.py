@@ -4,7 +4,10 @@ beside a raw sqlite3 insert + commit of the same row as the floor, and
 record_event(durable=False) (synchronous=NORMAL for that commit: what a
 search's completed record costs).
 
-    .venv/bin/python bench/audit_append.py [--events 3000]
+Then the same appends from several threads at once, with group commit and
+with each append alone (``MAX_GROUP = 1``).
+
+    .venv/bin/python bench/audit_append.py [--events 3000] [--threads 8] [--pairs 150]
 """
 import argparse
 import datetime as dt
@@ -70,10 +73,72 @@ def raw_appender(db_path: Path):
     return append
 
 
+def concurrent_rounds(durable, fast, *, threads: int, pairs: int, rounds: int) -> dict[str, list[tuple]]:
+    """``threads`` threads each append ``pairs`` searches' records (submitted,
+    durable; completed, not), at once: with group commit as shipped and with
+    every append alone (MAX_GROUP = 1), the cases alternating round by round.
+    Per case, per round: (events/s, CPU µs an event, mean group size)."""
+    import threading
+
+    from django.db import connections
+    from audit.ledger import services
+
+    shipped, real_write = services.MAX_GROUP, services._write
+    groups = [0]
+
+    def counted_write(group, durable):
+        groups[0] += 1
+        return real_write(group, durable)
+
+    services._write = counted_write
+    results = {"group commit (as shipped)": [], "each append alone (MAX_GROUP = 1)": []}
+    try:
+        for r in range(rounds):
+            for case in (list(results) if r % 2 == 0 else list(reversed(results))):
+                services.MAX_GROUP = shipped if case.startswith("group") else 1
+                start = threading.Barrier(threads + 1)
+
+                def work():
+                    try:
+                        start.wait()
+                        for i in range(pairs):
+                            durable(i)
+                            fast(i)
+                    finally:
+                        connections.close_all()
+
+                workers = [threading.Thread(target=work) for _ in range(threads)]
+                for worker in workers:
+                    worker.start()
+                groups[0] = 0
+                start.wait()
+                t0, c0 = time.perf_counter(), os.times()
+                for worker in workers:
+                    worker.join()
+                wall, c1 = time.perf_counter() - t0, os.times()
+                events = threads * pairs * 2
+                cpu = c1.user + c1.system - c0.user - c0.system
+                results[case].append((events / wall, cpu * 1e6 / events, events / max(groups[0], 1)))
+    finally:
+        services.MAX_GROUP, services._write = shipped, real_write
+    return results
+
+
+def _together_reading(together: dict[str, list[tuple]]) -> str:
+    grouped, alone = (together[case] for case in together)
+    eps = statistics.median(g[0] / a[0] for g, a in zip(grouped, alone))
+    cpu = statistics.median(g[1] / a[1] for g, a in zip(grouped, alone))
+    return (f"Group commit against each append alone, the median of the rounds' ratios: {eps:.2f}× the "
+            f"events/s, {cpu:.2f}× the CPU an event; {statistics.median(g[2] for g in grouped):.1f} records a "
+            f"commit.")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=8, help="threads appending at once (the concurrent case)")
+    parser.add_argument("--pairs", type=int, default=150, help="searches' record pairs per thread and round")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     os.environ.update(
@@ -98,6 +163,7 @@ def main():
                 latencies[name].append(time.perf_counter() - t0)
         rounds.append({name: (len(lat) / sum(lat), statistics.median(lat) * 1e3, percentile(lat, 0.99) * 1e3)
                        for name, lat in latencies.items()})
+    together = concurrent_rounds(durable, fast, threads=args.threads, pairs=args.pairs, rounds=2 * args.rounds)
     # The round with the median record_event p50 is the result; every round is listed.
     middle = sorted(rounds, key=lambda result: result["service"][1])[len(rounds) // 2]
     eps, p50, _ = middle["service"]
@@ -121,6 +187,17 @@ def main():
         f"{p50 / middle['raw'][1]:.1f}× the floor's p50. Targets: p50 ≤ 0.5 ms and ≥ 2,000 events/s — "
         f"{'met' if p50 <= 0.5 and eps >= 2000 else 'NOT met'}. Not durable: p50 {middle['normal'][1]:.3f} ms "
         f"({middle['normal'][1] / p50:.2f}× the durable append's).",
+        "",
+        f"**Concurrent appends.** {args.threads} threads of one process each append {args.pairs} searches' "
+        f"records (`search.submitted` durable, `search.completed` not) at once; the two cases alternate, "
+        f"{2 * args.rounds} rounds each (CPU: the process's user + system time):",
+        "",
+        "| case | round | events/s | CPU µs an event | records a commit |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {case} | {n} | {eps:,.0f} | {cpu:.0f} | {size:.2f} |"
+          for case, rows in together.items() for n, (eps, cpu, size) in enumerate(rows, 1)],
+        "",
+        _together_reading(together),
     ]
     text = "\n".join(lines)
     print(text)

@@ -4,7 +4,9 @@ Calls the WSGI application in-process (the whole middleware stack, DRF,
 token authentication, throttle, audit, index) with a real sealed model, and
 profiles N searches with cProfile. The forward pass is replaced by a fixed
 vector after the model has been checked to run, so the profile shows only
-the portal's own cost. Prints the functions by own time and by cumulative
+the portal's own cost. First times the searches with and without their
+audit records (record_event replaced by a no-op), alternating, without the
+profiler; then prints the profiled functions by own time and by cumulative
 time.
 
     .venv/bin/python bench/profile_search.py [--requests 500] [--top 40]
@@ -80,22 +82,36 @@ def main():
         if not statuses[0].startswith("200"):
             raise SystemExit(f"search answered {statuses[0]}")
 
-    def cpu_ms(started, kind):
-        return (getattr(os.times(), kind) - getattr(started, kind)) * 1e3 / args.requests
+    import search.services
 
+    recording = search.services.record_event
+    cases = {"with its audit records": recording, "without (record_event does nothing)": lambda **fields: None}
     for _ in range(50):
         request()
-    plain = []
-    cpu_started = os.times()
-    for _ in range(args.requests):
-        t0 = time.perf_counter()
-        request()
-        plain.append((time.perf_counter() - t0) * 1e3)
-    plain.sort()
-    print(f"{args.requests} searches in-process, {'with' if args.with_model else 'without'} the forward pass: "
-          f"p50 {plain[len(plain) // 2]:.2f} ms without the profiler, "
-          f"{cpu_ms(cpu_started, 'user'):.2f} + {cpu_ms(cpu_started, 'system'):.2f} ms of CPU (user + system, "
-          f"all threads) a request")
+    # The two cases alternate in blocks of 20 requests, so that the machine's
+    # noise falls on both alike.
+    latency = {name: [] for name in cases}
+    cpu = dict.fromkeys(cases, 0.0)
+    for block in range(max(1, args.requests // 20)):
+        for name, record_event in (cases.items() if block % 2 == 0 else reversed(cases.items())):
+            search.services.record_event = record_event
+            cpu_started = os.times()
+            for _ in range(20):
+                t0 = time.perf_counter()
+                request()
+                latency[name].append((time.perf_counter() - t0) * 1e3)
+            cpu_ended = os.times()
+            cpu[name] += cpu_ended.user + cpu_ended.system - cpu_started.user - cpu_started.system
+    search.services.record_event = recording
+    print(f"searches in-process, {'with' if args.with_model else 'without'} the forward pass, "
+          f"without the profiler, the cases alternating:")
+    for name, times in latency.items():
+        times.sort()
+        print(f"  {name}: {len(times)} searches, p50 {times[len(times) // 2]:.2f} ms, "
+              f"{cpu[name] * 1e3 / len(times):.2f} ms of CPU (user + system, all threads) a search")
+    names = list(cases)
+    print(f"  the audit records cost {(cpu[names[0]] - cpu[names[1]]) * 1e3 / len(latency[names[0]]):.2f} ms "
+          f"of CPU a search")
     if args.no_cprofile:
         return
     times = []

@@ -1,6 +1,7 @@
 """Recording audit events: the one function every caller uses."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import functools
@@ -14,7 +15,7 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 
 from audit.ledger.canonical import compute_mac
 from audit.ledger.checkpoints import checkpoint_after_append, checkpoint_due
@@ -101,8 +102,7 @@ def _statements(vendor: str) -> tuple[str, str]:
 
 def _append(values: dict, key: bytes) -> None:
     """Link ``values`` to its chain's head, MAC it and insert it, inside the
-    caller's transaction, under the chain lock."""
-    _lock_chain(values["chain"])
+    caller's transaction, under the chain lock (``_lock_chain``)."""
     last_sql, insert_sql = _statements(connection.vendor)
     cursor = connection.connection.cursor()
     try:
@@ -112,6 +112,8 @@ def _append(values: dict, key: bytes) -> None:
         values["occurred_at"] = now.replace(microsecond=now.microsecond // 1000 * 1000)
         values["seq"] = last[0] + 1 if last else 1
         values["prev_hash"] = last[1] if last else GENESIS_HASH
+        values.pop("id", None)  # from a group that was rolled back: the MAC covers the MAC fields only
+        values.pop("mac", None)
         values["mac"] = compute_mac(key, values)
         row = [values[name] for name in _INSERT_NAMES]
         # Only these columns need the backend's adaptation; every other value
@@ -126,20 +128,36 @@ def _append(values: dict, key: bytes) -> None:
         cursor.close()
 
 
-_process_append_lock = threading.Lock()
+_process_append_lock = threading.Lock()  # this process's turn to append, outside a caller's transaction
 _append_lock_files: dict[str, int] = {}  # database: this process's descriptor of its lock file
+_waiting: collections.deque[_Pending] = collections.deque()  # appends of this process waiting for their turn
+# The most appends one group commits together: a bound on the group's own time.
+MAX_GROUP = 32
+
+
+class _Pending:
+    """One append waiting for its process's turn."""
+
+    __slots__ = ("values", "key", "durable", "done", "error")
+
+    def __init__(self, values: dict, key: bytes, durable: bool):
+        self.values, self.key, self.durable = values, key, durable
+        self.done = False
+        self.error: BaseException | None = None
 
 
 def _reset_append_lock_after_fork() -> None:
     # A fork taken while another thread held the lock would leave the child's
     # copy locked for ever (the child has only the forking thread). The
     # inherited descriptors share the parent's flock: the child opens its own.
-    # Closing a copy does not release the parent's lock.
+    # Closing a copy does not release the parent's lock. Appends waiting in
+    # the parent's threads are not the child's.
     global _process_append_lock
     _process_append_lock = threading.Lock()
     for fd in _append_lock_files.values():
         os.close(fd)
     _append_lock_files.clear()
+    _waiting.clear()
 
 
 os.register_at_fork(after_in_child=_reset_append_lock_after_fork)
@@ -154,37 +172,93 @@ def _append_lock_file(name: str) -> int:
 
 @contextlib.contextmanager
 def _sqlite_append_lock():
-    """Appends to one SQLite file take turns in arrival order: threads of this
-    process on a lock, processes on an flock of ``<database>.append-lock``.
-    Both wake the next writer the moment the lock is released, where SQLite's
-    own busy handler polls with sleeps of 1 to 100 ms. An in-memory database
-    has one process, so its lock is enough."""
+    """The processes appending to one SQLite file take turns in arrival order,
+    on an flock of ``<database>.append-lock``: it wakes the next writer the
+    moment it is released, where SQLite's own busy handler polls with sleeps
+    of 1 to 100 ms. The caller holds its process's turn
+    (``_process_append_lock``). An in-memory database has one process."""
     name = str(connection.settings_dict["NAME"])
-    in_memory = name.startswith(":memory:") or "mode=memory" in name
-    with _process_append_lock:
-        if in_memory:
-            yield
-            return
-        fd = _append_lock_file(name)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+    if name.startswith(":memory:") or "mode=memory" in name:
+        yield
+        return
+    fd = _append_lock_file(name)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _append_in_turn(values: dict, key: bytes, durable: bool) -> None:
+    """Append outside any transaction of the caller's (group commit).
+
+    The append waits with this process's others for the process's turn.
+    Whichever thread gets the turn writes every append waiting then (at most
+    MAX_GROUP) in one transaction: one commit, one wait for the disk, the
+    index pages written once, for the whole group. Each caller returns only
+    once its own record is committed, as durably as it asked (the group's
+    commit is durable if any of its records asked)."""
+    item = _Pending(values, key, durable)
+    _waiting.append(item)
+    while not item.done:
+        with _process_append_lock:
+            if item.done:  # written by the thread that had the turn before
+                break
+            group = []
+            while _waiting and len(group) < MAX_GROUP:
+                group.append(_waiting.popleft())
+            _write_group(group)
+    if item.error is not None:
+        raise item.error
+
+
+def _write_group(group: list[_Pending]) -> None:
+    """Write ``group`` and give each of its appends its outcome."""
+    error: BaseException | None = AuditUnavailable("the append was interrupted")  # until known
+    try:
+        _write(group, durable=any(item.durable for item in group))
+        error = None
+    except (DatabaseError, TypeError, ValueError) as exc:
+        error = exc
+        # A database that cannot be written fails the whole group at once. One
+        # record refused for itself (a value too long, a detail with no
+        # canonical form) must not take the others down: each alone, in
+        # order, gets its own outcome.
+        if len(group) > 1 and not isinstance(exc, OperationalError):
+            for item in group:
+                try:
+                    _write([item], durable=item.durable)
+                except Exception as alone:
+                    item.error = alone
+                item.done = True
+    except Exception as exc:
+        error = exc
+    finally:
+        for item in group:
+            if not item.done:
+                item.error, item.done = error, True
+
+
+def _write(group: list[_Pending], durable: bool) -> None:
+    # The driver's errors as Django's (the inserts run on the driver's cursor).
+    with connection.wrap_database_errors, _append_transaction(durable):
+        # Every chain the group appends to, locked in one order: two processes'
+        # groups never wait on each other's locks in a cycle.
+        for chain in sorted({item.values["chain"] for item in group}):
+            _lock_chain(chain)
+        for item in group:
+            _append(item.values, item.key)
 
 
 @contextlib.contextmanager
 def _append_transaction(durable: bool = True):
-    """The transaction an append runs in. Inside a caller's atomic block, that
-    block's (a savepoint). Otherwise, on SQLite, a bare BEGIN IMMEDIATE …
-    COMMIT on the driver's connection: the same write lock and the same
-    durability as atomic(), without its bookkeeping, which cost as much as
-    the insert itself (bench/audit_append.py). Not ``durable``: the commit
-    does not wait for the disk (see record_event)."""
-    if connection.in_atomic_block or not connection.get_autocommit():
-        with transaction.atomic():
-            yield
-        return
+    """The transaction a group of appends runs in, outside any transaction of
+    the caller's (the caller holds its process's turn). On SQLite, a bare
+    BEGIN IMMEDIATE … COMMIT on the driver's connection: the same write lock
+    and the same durability as atomic(), without its bookkeeping, which cost
+    as much as the insert itself (bench/audit_append.py). Not ``durable``:
+    the commit does not wait for the disk (see record_event)."""
+    connection.ensure_connection()
     if connection.vendor != "sqlite":
         with transaction.atomic():
             if not durable:
@@ -261,8 +335,12 @@ def record_event(*, action: str, outcome: str = Outcome.SUCCESS, tenant=None, us
             values[name] = float(values[name])
     started = time.perf_counter()
     try:
-        with _append_transaction(durable):
-            _append(values, key)
+        if connection.in_atomic_block or not connection.get_autocommit():
+            with transaction.atomic():  # in the caller's transaction: its commit decides
+                _lock_chain(values["chain"])
+                _append(values, key)
+        else:
+            _append_in_turn(values, key, durable)
     except Exception as exc:
         AUDIT_APPEND_FAILURES.inc()
         logger.error("audit event %s could not be recorded: %s", action, exc.__class__.__name__)

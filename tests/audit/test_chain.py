@@ -1,5 +1,6 @@
 """The audit chain: every field MAC'd, linked per tenant, append-only at three depths."""
 import threading
+import time
 
 import pytest
 from django.core.management import call_command
@@ -263,14 +264,16 @@ def test_a_process_forked_while_another_thread_appends_can_append():
     took_turn = context.Value("b", 0)
     held, release = threading.Event(), threading.Event()
 
-    def hold():  # another thread, in the middle of an append
+    def hold():  # another thread, in the middle of an append, with one more waiting
         with services._process_append_lock:
+            services._waiting.append(services._Pending({}, b"", True))
             held.set()
             release.wait(30)
+            services._waiting.clear()
 
-    def child():
-        with services._sqlite_append_lock():
-            took_turn.value = 1
+    def child():  # what an append outside a transaction takes: the process's turn, then the file's
+        with services._process_append_lock, services._sqlite_append_lock():
+            took_turn.value = 1 if not services._waiting else 2
 
     holder = threading.Thread(target=hold)
     holder.start()
@@ -287,6 +290,101 @@ def test_a_process_forked_while_another_thread_appends_can_append():
         release.set()
         holder.join(30)
     assert not stuck and forked.exitcode == 0 and took_turn.value == 1
+
+
+class Groups:
+    """The groups of appends written together (a spy on the real ``_write``)."""
+
+    def __init__(self, monkeypatch):
+        from audit.ledger import services
+
+        self.services, self.written = services, []
+        real = services._write
+
+        def write(group, durable):
+            self.written.append((len(group), durable))
+            return real(group, durable)
+
+        monkeypatch.setattr(services, "_write", write)
+
+    def run_while_the_turn_is_held(self, appends):
+        """Run each of ``appends`` in its own thread, all waiting for the process's
+        turn in the list's order, then give the turn: what each returned or
+        raised, in order."""
+        outcomes = [None] * len(appends)
+
+        def run(n):
+            try:
+                outcomes[n] = appends[n]()
+            except Exception as exc:  # asserted by the caller
+                outcomes[n] = exc
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(len(appends))]
+        with self.services._process_append_lock:
+            for n, thread in enumerate(threads, 1):  # one at a time: they wait in this order
+                thread.start()
+                deadline = time.monotonic() + 30
+                while len(self.services._waiting) < n and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                assert len(self.services._waiting) == n
+        for thread in threads:
+            thread.join(30)
+        return outcomes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_appends_waiting_together_commit_in_one_transaction(tenants, monkeypatch):
+    groups = Groups(monkeypatch)
+    outcomes = groups.run_while_the_turn_is_held([
+        lambda: record_event(action="search.submitted", tenant=tenants["acme"]),
+        lambda: record_event(action="search.completed", tenant=tenants["acme"], durable=False),
+        lambda: record_event(action="auth.login", tenant=tenants["globex"], durable=False),
+        lambda: record_event(action="search.completed", tenant=tenants["acme"], durable=False),
+    ])
+    # One group, one commit, durable because one of its records asked.
+    assert groups.written == [(4, True)]
+    assert all(isinstance(event, AuditEvent) for event in outcomes)
+    acme = [event for event in outcomes if event.tenant_id == tenants["acme"].pk]
+    assert sorted(event.seq for event in acme) == [1, 2, 3]
+    stored = AuditEvent.objects.get(chain=tenants["acme"].pk, seq=acme[0].seq)
+    assert (stored.pk, stored.mac, stored.action) == (acme[0].pk, acme[0].mac, acme[0].action)
+    assert verify_chain(tenants["acme"].pk).events == 3 and verify_chain(tenants["acme"].pk).ok
+    assert verify_chain(tenants["globex"].pk).events == 1 and verify_chain(tenants["globex"].pk).ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_record_refused_for_itself_does_not_fail_the_others_in_its_group(tenants, monkeypatch):
+    from audit.ledger.services import AuditUnavailable
+
+    groups = Groups(monkeypatch)
+    outcomes = groups.run_while_the_turn_is_held([
+        lambda: record_event(action="search.submitted", tenant=tenants["acme"]),
+        lambda: record_event(action="search.submitted", tenant=tenants["acme"], detail={"at": object()}),
+        lambda: record_event(action="search.completed", tenant=tenants["acme"], durable=False),
+    ])
+    # The group failed on the record with no canonical form; each was then written alone.
+    assert groups.written == [(3, True), (1, True), (1, True), (1, False)]
+    assert isinstance(outcomes[1], AuditUnavailable)
+    assert [outcomes[0].seq, outcomes[2].seq] == [1, 2]
+    report = verify_chain(tenants["acme"].pk)
+    assert report.ok and report.events == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_group_the_store_refuses_fails_every_record_in_it(tenants, monkeypatch):
+    from audit.ledger.services import AuditUnavailable
+
+    groups = Groups(monkeypatch)
+    with audit_writes_refused():
+        outcomes = groups.run_while_the_turn_is_held([
+            lambda: record_event(action="search.submitted", tenant=tenants["acme"]),
+            lambda: record_event(action="search.completed", tenant=tenants["acme"], durable=False),
+        ])
+    assert all(isinstance(outcome, AuditUnavailable) for outcome in outcomes)
+    assert not AuditEvent.objects.filter(tenant=tenants["acme"]).exists()
+    assert record_event(action="auth.login", tenant=tenants["acme"]).seq == 1
 
 
 @pytest.mark.django_db(transaction=True)
