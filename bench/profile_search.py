@@ -6,13 +6,14 @@ profiles N searches with cProfile. The forward pass is replaced by a fixed
 vector after the model has been checked to run, so the profile shows only
 the portal's own cost. First times the searches with and without their
 audit records (record_event replaced by a no-op), alternating, without the
-profiler; then prints the profiled functions by own time and by cumulative
-time.
+profiler (written to bench/RESULTS.md, unless --with-model); then prints
+the profiled functions by own time and by cumulative time.
 
     .venv/bin/python bench/profile_search.py [--requests 500] [--top 40]
 """
 import argparse
 import cProfile
+import datetime as dt
 import io
 import json
 import os
@@ -103,15 +104,32 @@ def main():
             cpu_ended = os.times()
             cpu[name] += cpu_ended.user + cpu_ended.system - cpu_started.user - cpu_started.system
     search.services.record_event = recording
-    print(f"searches in-process, {'with' if args.with_model else 'without'} the forward pass, "
-          f"without the profiler, the cases alternating:")
+    names = list(cases)
+    saved = (cpu[names[0]] - cpu[names[1]]) * 1e3 / len(latency[names[0]])
+    lines = [
+        "## A search in-process, with and without its audit records (`bench/profile_search.py`)",
+        "",
+        f"The WSGI application called in-process (every middleware, DRF, token, throttle, index), the forward "
+        f"pass {'kept' if args.with_model else 'replaced by a fixed vector'}, one thread (so every audit group "
+        f"holds one record); the two cases alternate in blocks of 20 searches; run "
+        f"{dt.date.today().isoformat()} with `.venv/bin/python bench/profile_search.py "
+        f"--requests {args.requests}{' --with-model' if args.with_model else ''}`.",
+        "",
+        "| case | searches | p50 ms | CPU ms a search (user + system) |",
+        "|---|---:|---:|---:|",
+    ]
     for name, times in latency.items():
         times.sort()
-        print(f"  {name}: {len(times)} searches, p50 {times[len(times) // 2]:.2f} ms, "
-              f"{cpu[name] * 1e3 / len(times):.2f} ms of CPU (user + system, all threads) a search")
-    names = list(cases)
-    print(f"  the audit records cost {(cpu[names[0]] - cpu[names[1]]) * 1e3 / len(latency[names[0]]):.2f} ms "
-          f"of CPU a search")
+        lines.append(f"| {name} | {len(times)} | {times[len(times) // 2]:.2f} | "
+                     f"{cpu[name] * 1e3 / len(times):.2f} |")
+    lines += ["", f"The two audit records cost {saved:.2f} ms of CPU a search "
+                  f"({saved / (cpu[names[0]] * 1e3 / len(latency[names[0]])):.0%} of the portal's own CPU here)."]
+    text = "\n".join(lines)
+    print(text)
+    if not args.with_model:
+        from bench.results import write_section
+
+        write_section("profile_search", text)
     if args.no_cprofile:
         return
     times = []
