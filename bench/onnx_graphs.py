@@ -64,11 +64,12 @@ def fused_graph(graph: bytes):
 
 
 def pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Mean pooling and normalisation as the engine does them on ONNX outputs."""
+    """Mean pooling as the engine does it on ONNX outputs, normalised in
+    float64 so that the cosines compared stay above float32's rounding."""
     import torch
     from search.engine.model import pool
 
-    vectors = pool(torch.from_numpy(hidden), torch.from_numpy(mask), "mean").float()
+    vectors = pool(torch.from_numpy(hidden), torch.from_numpy(mask), "mean").double()
     return torch.nn.functional.normalize(vectors, dim=-1).numpy()
 
 

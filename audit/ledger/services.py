@@ -102,7 +102,7 @@ def _statements(vendor: str) -> tuple[str, str]:
 
 def _append(values: dict, key: bytes) -> None:
     """Link ``values`` to its chain's head, MAC it and insert it, inside the
-    caller's transaction, under the chain lock (``_lock_chain``)."""
+    current transaction, under the chain lock (``_lock_chain``)."""
     last_sql, insert_sql = _statements(connection.vendor)
     cursor = connection.connection.cursor()
     try:
@@ -128,7 +128,7 @@ def _append(values: dict, key: bytes) -> None:
         cursor.close()
 
 
-_process_append_lock = threading.Lock()  # this process's turn to append, outside a caller's transaction
+_process_append_lock = threading.Lock()  # this process's turn to append to SQLite, outside a caller's transaction
 _append_lock_files: dict[str, int] = {}  # database: this process's descriptor of its lock file
 _waiting: collections.deque[_Pending] = collections.deque()  # appends of this process waiting for their turn
 # The most appends one group commits together: a bound on the group's own time.
@@ -143,7 +143,7 @@ class _Pending:
     def __init__(self, values: dict, key: bytes, durable: bool):
         self.values, self.key, self.durable = values, key, durable
         self.done = False
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
 
 
 def _reset_append_lock_after_fork() -> None:
@@ -190,7 +190,7 @@ def _sqlite_append_lock():
 
 
 def _append_in_turn(values: dict, key: bytes, durable: bool) -> None:
-    """Append outside any transaction of the caller's (group commit).
+    """Append on SQLite outside any transaction of the caller's (group commit).
 
     The append waits with this process's others for the process's turn.
     Whichever thread gets the turn writes every append waiting then (at most
@@ -202,48 +202,59 @@ def _append_in_turn(values: dict, key: bytes, durable: bool) -> None:
     _waiting.append(item)
     while not item.done:
         with _process_append_lock:
-            if item.done:  # written by the thread that had the turn before
-                break
-            group = []
-            while _waiting and len(group) < MAX_GROUP:
-                group.append(_waiting.popleft())
-            _write_group(group)
+            if not item.done:  # else written by the thread that had the turn before
+                _write_waiting()
     if item.error is not None:
         raise item.error
 
 
-def _write_group(group: list[_Pending]) -> None:
-    """Write ``group`` and give each of its appends its outcome."""
-    error: BaseException | None = AuditUnavailable("the append was interrupted")  # until known
+def _write_waiting() -> None:
+    """Write the appends waiting, oldest first, at most MAX_GROUP, and give
+    each its outcome. A database that cannot be written fails the whole
+    group at once. A group that failed on a record of its own (a value the
+    database refuses, a detail with no canonical form) is written again
+    record by record, so that only that record fails."""
+    group: list[_Pending] = []
     try:
+        while _waiting and len(group) < MAX_GROUP:
+            group.append(_waiting.popleft())
         _write(group, durable=any(item.durable for item in group))
-        error = None
     except (DatabaseError, TypeError, ValueError) as exc:
-        error = exc
-        # A database that cannot be written fails the whole group at once. One
-        # record refused for itself (a value too long, a detail with no
-        # canonical form) must not take the others down: each alone, in
-        # order, gets its own outcome.
-        if len(group) > 1 and not isinstance(exc, OperationalError):
-            for item in group:
-                try:
-                    _write([item], durable=item.durable)
-                except Exception as alone:
-                    item.error = alone
-                item.done = True
+        if len(group) == 1 or isinstance(exc, OperationalError):
+            _settle(group, exc)
+        else:
+            _write_one_by_one(group, exc)
     except Exception as exc:
-        error = exc
-    finally:
+        _settle(group, exc)
+    except BaseException:
+        _settle(group, AuditUnavailable("the append was interrupted"))
+        raise
+    else:
+        _settle(group, None)
+
+
+def _write_one_by_one(group: list[_Pending], group_error: Exception) -> None:
+    try:
         for item in group:
-            if not item.done:
-                item.error, item.done = error, True
+            try:
+                _write([item], durable=item.durable)
+            except Exception as exc:
+                item.error = exc
+            item.done = True
+    finally:
+        _settle(group, group_error)  # any not reached
+
+
+def _settle(group: list[_Pending], error: Exception | None) -> None:
+    for item in group:
+        if not item.done:
+            item.error, item.done = error, True
 
 
 def _write(group: list[_Pending], durable: bool) -> None:
+    """Append ``group`` in one transaction of this thread's connection."""
     # The driver's errors as Django's (the inserts run on the driver's cursor).
     with connection.wrap_database_errors, _append_transaction(durable):
-        # Every chain the group appends to, locked in one order: two processes'
-        # groups never wait on each other's locks in a cycle.
         for chain in sorted({item.values["chain"] for item in group}):
             _lock_chain(chain)
         for item in group:
@@ -251,9 +262,9 @@ def _write(group: list[_Pending], durable: bool) -> None:
 
 
 @contextlib.contextmanager
-def _append_transaction(durable: bool = True):
-    """The transaction a group of appends runs in, outside any transaction of
-    the caller's (the caller holds its process's turn). On SQLite, a bare
+def _append_transaction(durable: bool):
+    """The transaction appends run in, outside any transaction of the
+    caller's (on SQLite the caller holds its process's turn). On SQLite, a bare
     BEGIN IMMEDIATE … COMMIT on the driver's connection: the same write lock
     and the same durability as atomic(), without its bookkeeping, which cost
     as much as the insert itself (bench/audit_append.py). Not ``durable``:
@@ -339,8 +350,13 @@ def record_event(*, action: str, outcome: str = Outcome.SUCCESS, tenant=None, us
             with transaction.atomic():  # in the caller's transaction: its commit decides
                 _lock_chain(values["chain"])
                 _append(values, key)
-        else:
+        elif connection.vendor == "sqlite":
             _append_in_turn(values, key, durable)
+        else:
+            # PostgreSQL: no group. Each append waits only on its own chain's
+            # advisory lock, which a retention purge or a bulk import may hold
+            # a long time; a group would wait for it with every chain's records.
+            _write([_Pending(values, key, durable)], durable)
     except Exception as exc:
         AUDIT_APPEND_FAILURES.inc()
         logger.error("audit event %s could not be recorded: %s", action, exc.__class__.__name__)

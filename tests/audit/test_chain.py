@@ -292,7 +292,7 @@ def test_a_process_forked_while_another_thread_appends_can_append():
     assert not stuck and forked.exitcode == 0 and took_turn.value == 1
 
 
-class Groups:
+class GroupSpy:
     """The groups of appends written together (a spy on the real ``_write``)."""
 
     def __init__(self, monkeypatch):
@@ -334,9 +334,10 @@ class Groups:
         return outcomes
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.django_db(transaction=True)
 def test_appends_waiting_together_commit_in_one_transaction(tenants, monkeypatch):
-    groups = Groups(monkeypatch)
+    groups = GroupSpy(monkeypatch)
     outcomes = groups.run_while_the_turn_is_held([
         lambda: record_event(action="search.submitted", tenant=tenants["acme"]),
         lambda: record_event(action="search.completed", tenant=tenants["acme"], durable=False),
@@ -354,11 +355,12 @@ def test_appends_waiting_together_commit_in_one_transaction(tenants, monkeypatch
     assert verify_chain(tenants["globex"].pk).events == 1 and verify_chain(tenants["globex"].pk).ok
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.django_db(transaction=True)
 def test_a_record_refused_for_itself_does_not_fail_the_others_in_its_group(tenants, monkeypatch):
     from audit.ledger.services import AuditUnavailable
 
-    groups = Groups(monkeypatch)
+    groups = GroupSpy(monkeypatch)
     outcomes = groups.run_while_the_turn_is_held([
         lambda: record_event(action="search.submitted", tenant=tenants["acme"]),
         lambda: record_event(action="search.submitted", tenant=tenants["acme"], detail={"at": object()}),
@@ -372,19 +374,75 @@ def test_a_record_refused_for_itself_does_not_fail_the_others_in_its_group(tenan
     assert report.ok and report.events == 2
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.django_db(transaction=True)
 def test_a_group_the_store_refuses_fails_every_record_in_it(tenants, monkeypatch):
     from audit.ledger.services import AuditUnavailable
 
-    groups = Groups(monkeypatch)
+    groups = GroupSpy(monkeypatch)
     with audit_writes_refused():
         outcomes = groups.run_while_the_turn_is_held([
             lambda: record_event(action="search.submitted", tenant=tenants["acme"]),
             lambda: record_event(action="search.completed", tenant=tenants["acme"], durable=False),
         ])
+    # The trigger's refusal is not a storage error to SQLite (an IntegrityError):
+    # each record was tried again alone, and each failed.
+    assert groups.written == [(2, True), (1, True), (1, False)]
     assert all(isinstance(outcome, AuditUnavailable) for outcome in outcomes)
     assert not AuditEvent.objects.filter(tenant=tenants["acme"]).exists()
     assert record_event(action="auth.login", tenant=tenants["acme"]).seq == 1
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.django_db(transaction=True)
+def test_a_group_the_database_cannot_write_fails_at_once(tenants, monkeypatch):
+    import sqlite3
+
+    from audit.ledger import services
+    from audit.ledger.services import AuditUnavailable
+
+    groups = GroupSpy(monkeypatch)
+
+    def disk_error(values, key):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(services, "_append", disk_error)
+    outcomes = groups.run_while_the_turn_is_held([
+        lambda: record_event(action="search.submitted", tenant=tenants["acme"]),
+        lambda: record_event(action="search.completed", tenant=tenants["acme"], durable=False),
+    ])
+    # One try for the group, not one more a record: the next would fail alike.
+    assert groups.written == [(2, True)]
+    assert all(isinstance(outcome, AuditUnavailable) for outcome in outcomes)
+    assert "OperationalError" in str(outcomes[0])
+    assert not AuditEvent.objects.filter(tenant=tenants["acme"]).exists()
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_postgresql_appends_are_not_grouped(tenants, monkeypatch):
+    # Each waits only on its own chain's advisory lock, not on a process turn.
+    from audit.ledger import services
+
+    groups = GroupSpy(monkeypatch)
+    events = []
+
+    def append():
+        try:
+            events.append(record_event(action="search.submitted", tenant=tenants["acme"]))
+            events.append(record_event(action="search.completed", tenant=tenants["globex"], durable=False))
+        finally:
+            connections.close_all()
+
+    with services._process_append_lock:  # a group's turn, held: PostgreSQL appends do not take it
+        thread = threading.Thread(target=append)
+        thread.start()
+        thread.join(10)
+        waited = thread.is_alive()
+    thread.join(30)
+    assert not waited
+    assert groups.written == [(1, True), (1, False)]
+    assert [event.seq for event in events] == [1, 1] and not services._waiting
 
 
 @pytest.mark.django_db(transaction=True)
