@@ -82,6 +82,7 @@ def concurrent_rounds(durable, fast, *, threads: int, pairs: int, rounds: int) -
 
     from django.db import connections
     from audit.ledger import services
+    from bench.common import cpu_seconds
 
     shipped, real_write = services.MAX_GROUP, services._write
     groups = [0]
@@ -112,12 +113,11 @@ def concurrent_rounds(durable, fast, *, threads: int, pairs: int, rounds: int) -
                     worker.start()
                 groups[0] = 0
                 start.wait()
-                t0, c0 = time.perf_counter(), os.times()
+                t0, c0 = time.perf_counter(), cpu_seconds([os.getpid()])
                 for worker in workers:
                     worker.join()
-                wall, c1 = time.perf_counter() - t0, os.times()
+                wall, cpu = time.perf_counter() - t0, cpu_seconds([os.getpid()]) - c0
                 events = threads * pairs * 2
-                cpu = c1.user + c1.system - c0.user - c0.system
                 results[case].append((events / wall, cpu * 1e6 / events, events / max(groups[0], 1)))
     finally:
         services.MAX_GROUP, services._write = shipped, real_write

@@ -52,7 +52,7 @@ def main():
     from django.core.management import call_command
 
     torch.set_num_threads(1)
-    from bench.common import create_demo_data
+    from bench.common import cpu_seconds, create_demo_data
     from portal.wsgi import application
     from keystore.keys import get_keyring
     from search.engine.process import open_engine
@@ -96,13 +96,12 @@ def main():
     for block in range(max(1, args.requests // 20)):
         for name, record_event in (cases.items() if block % 2 == 0 else reversed(cases.items())):
             search.services.record_event = record_event
-            cpu_started = os.times()
+            cpu_started = cpu_seconds([os.getpid()])
             for _ in range(20):
                 t0 = time.perf_counter()
                 request()
                 latency[name].append((time.perf_counter() - t0) * 1e3)
-            cpu_ended = os.times()
-            cpu[name] += cpu_ended.user + cpu_ended.system - cpu_started.user - cpu_started.system
+            cpu[name] += cpu_seconds([os.getpid()]) - cpu_started
     search.services.record_event = recording
     names = list(cases)
     saved = (cpu[names[0]] - cpu[names[1]]) * 1e3 / len(latency[names[0]])
